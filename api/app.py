@@ -1,0 +1,92 @@
+"""``create_app(settings)``: the Falcon WSGI app. Called after fork (gunicorn), never at import."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import falcon
+import structlog
+
+from api import errors
+from api.logging import configure
+from api.openapi import build_spec
+from api.resources import audit, devices, identity, system
+from ops.bootstrap import Runtime, build_runtime
+from ops.settings import Settings, load_settings
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+log = structlog.get_logger("api")
+
+
+class RequestContext:
+    """Binds the runtime and a request id; writes one canonical log line per request."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        incoming = req.get_header("X-Request-Id") or ""
+        req.context.request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        req.context.runtime = self.runtime
+        req.context.started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=req.context.request_id)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, ok: bool) -> None:
+        resp.set_header("X-Request-Id", req.context.request_id)
+        who = getattr(req.context, "principal", None)
+        log.info("request", method=req.method, path=req.path, status=int(resp.status_code),
+                 duration_ms=round((time.perf_counter() - req.context.started) * 1000, 2),
+                 actor=who.actor if who else None)
+
+
+class HubApp(falcon.App):
+    """The Falcon app, holding the runtime it serves so its owner can close it."""
+
+    runtime: Runtime
+
+
+def route_table() -> list[tuple[str, object]]:
+    return [
+        ("/healthz", system.Health()),
+        ("/readyz", system.Ready()),
+        ("/.well-known/ai-market.json", system.Discovery()),
+        ("/v1/accounts", identity.Accounts()),
+        ("/v1/sessions", identity.Sessions()),
+        ("/v1/me", identity.Me()),
+        ("/v1/me/totp", identity.Totp()),
+        ("/v1/me/totp/confirm", identity.TotpConfirm()),
+        ("/v1/api-keys", identity.Credentials("api_key")),
+        ("/v1/api-keys/{credential_id}", identity.Credential("api_key")),
+        ("/v1/oauth/clients", identity.Credentials("oauth_client")),
+        ("/v1/oauth/clients/{credential_id}", identity.Credential("oauth_client")),
+        ("/v1/oauth/token", identity.OAuthToken()),
+        ("/v1/devices/challenges", devices.Challenges()),
+        ("/v1/devices", devices.Devices()),
+        ("/v1/devices/me", devices.DeviceSelf()),
+        ("/v1/devices/{device_id}", devices.Device()),
+        ("/v1/devices/{device_id}/keys", devices.DeviceKeys()),
+        ("/v1/audit/events", audit.AuditEvents()),
+    ]
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> HubApp:
+    """Build the WSGI app; with no runtime given, build one from settings (env by default)."""
+    settings = settings or (runtime.settings if runtime else load_settings())
+    configure(settings.log_format)
+    runtime = runtime or build_runtime(settings)
+    app = HubApp(middleware=[RequestContext(runtime)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    table = route_table()
+    spec = build_spec(table, title="aimarket hub", version=system.API_VERSION, server_url=settings.hub_url)
+    table.append(("/openapi.json", system.OpenApiDoc(spec)))
+    spec["paths"]["/openapi.json"] = build_spec([table[-1]], title="", version="", server_url="")["paths"][
+        "/openapi.json"]
+    for path, resource in table:
+        app.add_route(path, resource)
+    app.runtime = runtime
+    return app

@@ -1,0 +1,114 @@
+"""Request helpers shared by resources: JSON bodies checked against the OpenAPI schema,
+authentication, and the ``Meta`` (who/why) every command receives."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import falcon
+import jsonschema
+
+from domain.base import Meta
+from domain.errors import InvalidInput, MalformedBody, PayloadTooLarge, Unauthenticated
+from domain.principal import Principal
+
+BODY_BYTES_MAX = 1_048_576
+
+
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
+    """Parse the body and check it against the same schema the OpenAPI document publishes."""
+    length = req.content_length
+    if length is not None and length > BODY_BYTES_MAX:
+        raise PayloadTooLarge(f"body above {BODY_BYTES_MAX} bytes")
+    raw = req.bounded_stream.read(BODY_BYTES_MAX + 1)
+    if len(raw) > BODY_BYTES_MAX:
+        raise PayloadTooLarge(f"body above {BODY_BYTES_MAX} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedBody("body must be JSON (Content-Type: application/json)") from None
+    check(body, schema)
+    return body
+
+
+def check(value: Any, schema: dict[str, Any]) -> None:
+    error = jsonschema.exceptions.best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value))
+    if error is not None:
+        param = ".".join(str(p) for p in error.absolute_path) or None
+        raise InvalidInput(_describe(error, param), param=param)
+
+
+def _describe(error: jsonschema.ValidationError, param: str | None) -> str:
+    """Say what is wrong without echoing the value (it may be a password or a key)."""
+    where = param or "body"
+    rule, limit = error.validator, error.validator_value
+    phrases = {
+        "minLength": f"must be at least {limit} characters", "maxLength": f"must be at most {limit} characters",
+        "pattern": "has the wrong format", "type": f"must be of type {limit}", "enum": f"must be one of {limit}",
+        "minimum": f"must be >= {limit}", "maximum": f"must be <= {limit}", "minItems": f"needs {limit}+ items",
+        "maxItems": f"allows at most {limit} items", "format": f"must be a valid {limit}",
+    }
+    if rule in phrases:
+        return f"{where} {phrases[rule]}"
+    if rule in ("required", "additionalProperties"):
+        return error.message[:300]  # names the property, never a value
+    return f"{where} is invalid ({rule})"
+
+
+def request_id(req: falcon.Request) -> str:
+    return str(req.context.request_id)
+
+
+def principal(req: falcon.Request, *kinds: str) -> Principal:
+    """Authenticate the bearer credential (API key, session/access JWT or device JWT)."""
+    cached = getattr(req.context, "principal", None)
+    if cached is None:
+        cached = authenticate(req.context.runtime.market, req.get_header("Authorization"))
+        req.context.principal = cached
+    if kinds:
+        cached.require_kind(*kinds)
+    return cached
+
+
+def authenticate(market: Any, header: str | None) -> Principal:
+    if not header:
+        raise Unauthenticated("send Authorization: Bearer <token or API key>")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("use the Bearer scheme")
+    if token.startswith("aim_"):
+        return market.authenticate_api_key(token)
+    from domain.tokens import peek_header
+
+    if peek_header(token).alg == "EdDSA":
+        return market.authenticate_device(token)
+    return market.authenticate_platform_token(token)
+
+
+def meta(req: falcon.Request, who: Principal | None = None) -> dict[str, str]:
+    """Who acts (the principal, or anonymous) and why (this request)."""
+    actor = who.actor if who is not None else "anonymous"
+    rid = request_id(req)
+    return Meta(actor=actor, correlation_id=rid, causation_id=rid).as_dict()
+
+
+def query_int(req: falcon.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = req.get_param(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer", param=name) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be within {lo}..{hi}", param=name)
+    return value

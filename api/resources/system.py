@@ -1,0 +1,78 @@
+"""Health, readiness, the OpenAPI document and the federation discovery document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from api.openapi import op, open_obj
+from domain.errors import Unavailable
+from domain.keys import KxPublicKey, VerifyKey
+
+PROTOCOL_VERSION = "1.0"
+API_VERSION = "0.1.0"
+
+
+class Health:
+    openapi = {"get": op("Liveness: the process answers", "system",
+                         responses={"200": open_obj(status={"type": "string"})})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    openapi = {"get": op("Readiness: the event store and read models answer", "system",
+                         responses={"200": open_obj(status={"type": "string"}, store={"type": "string"},
+                                                    head_position={"type": "integer"})})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        runtime = req.context.runtime
+        try:
+            head = runtime.market.recorder.max_notification_id() or 0
+            runtime.views.fetchone("SELECT 1 AS ok")
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not ready"
+            raise Unavailable(f"store not reachable: {type(exc).__name__}") from None
+        resp.media = {"status": "ready", "store": runtime.settings.store, "head_position": head}
+
+
+class OpenApiDoc:
+    openapi = {"get": op("This OpenAPI 3.1 document", "system", responses={"200": {"type": "object"}})}
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.spec
+
+
+class Discovery:
+    """``/.well-known/ai-market.json``: how peers and nodes find and verify this hub."""
+
+    openapi = {"get": op("Hub discovery document (protocol version, keys, base paths)", "federation",
+                         responses={"200": open_obj(
+                             protocol_versions={"type": "array"}, hub_name={"type": "string"},
+                             hub_url={"type": "string"}, signing_key={"type": "object"},
+                             key_exchange_key={"type": "object"}, api={"type": "object"})})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        runtime = req.context.runtime
+        market, settings = runtime.market, runtime.settings
+        keyring = market.keyring()
+        signing_kid, kx_kid = keyring.current("signing"), keyring.current("kx")
+        signing = VerifyKey.from_bytes(bytes(market.secrets.signing_key(signing_kid).verify_key))
+        kx = KxPublicKey.from_bytes(bytes(market.secrets.kx_key(kx_kid).public_key))
+        resp.media = {
+            "protocol_versions": [PROTOCOL_VERSION],
+            "hub_version": API_VERSION,
+            "hub_name": settings.hub_name,
+            "hub_url": settings.hub_url,
+            "signing_key": {"kid": signing_kid, "alg": "Ed25519", "public_key": signing.to_multibase(),
+                            "did": signing.did_key},
+            "key_exchange_key": {"kid": kx_kid, "alg": "X25519", "public_key": kx.to_multibase()},
+            "api": {"base_path": "/v1", "openapi": "/openapi.json", "accounts": "/v1/accounts",
+                    "sessions": "/v1/sessions", "devices": "/v1/devices", "oauth_token": "/v1/oauth/token"},
+            "fees": {"marketplace_fee_bps": 500},
+        }
+        resp.cache_control = ["public", "max-age=60"]

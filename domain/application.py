@@ -1,0 +1,111 @@
+"""The marketplace application: one eventsourcing Application over every aggregate.
+
+One application means one ordered log (notification id = global position) for auditors and
+projections. Commands live in mixins by area (``domain.commands.*``) and take and return
+ids and primitives. Persistence is chosen by the environment passed in (SQLite embedded,
+PostgreSQL in production); nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+
+from domain.account import Account
+from domain.base import MarketAggregate, Meta
+from domain.commands.devices import DeviceCommands
+from domain.commands.identity import IdentityCommands
+from domain.device import Device
+from domain.errors import Conflict, NotFound
+from domain.keyring import KEYRING_ID, Keyring
+from domain.ports import NonceStore
+from domain.secrets import PlatformSecrets
+
+T = TypeVar("T")
+A = TypeVar("A", bound=MarketAggregate)
+
+CONFLICT_ATTEMPTS = 5
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Marketplace(IdentityCommands, DeviceCommands, Application[UUID]):
+    """Every command of the marketplace; the single writer of the event log."""
+
+    name = "aimarket"
+    # Long-lived aggregates snapshot so loading stays fast as their streams grow.
+    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50}  # noqa: RUF012
+
+    def __init__(  # noqa: PLR0913
+        self, env: dict[str, str], *, secrets: PlatformSecrets, hub_url: str,
+        nonces: NonceStore, clock: Callable[[], datetime] = utcnow, bcrypt_rounds: int = 12,
+        session_ttl_s: int = 3600,
+    ) -> None:
+        super().__init__(env)
+        self.secrets = secrets
+        self.nonces = nonces
+        self.hub_url = hub_url
+        self.clock = clock
+        self.bcrypt_rounds = bcrypt_rounds
+        self.session_ttl_s = session_ttl_s
+
+    def now_s(self) -> int:
+        return int(self.clock().timestamp())
+
+    # -- helpers shared by the command mixins ---------------------------------------------
+    def load(self, cls: type[A], aggregate_id: UUID, what: str = "") -> A:
+        """Load an aggregate or raise our NotFound (never the library's error)."""
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise NotFound(f"{what or cls.__name__.lower()} not found") from None
+        if not isinstance(aggregate, cls):
+            raise NotFound(f"{what or cls.__name__.lower()} not found")
+        return aggregate
+
+    def exists(self, aggregate_id: UUID) -> bool:
+        return bool(self.recorder.select_events(aggregate_id, desc=True, limit=1))
+
+    def retrying(self, command: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
+        """Run ``command`` (load, decide, save) again on fresh state after a lost race.
+
+        After ``attempts`` lost races the caller gets Conflict (HTTP 409).
+        """
+        for attempt in range(attempts):
+            try:
+                return command()
+            except IntegrityError:
+                # Jittered back-off so racing hosts do not collide again in lockstep.
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
+        raise Conflict("the resource changed concurrently; retry the request")
+
+    def keyring(self) -> Keyring:
+        try:
+            return self.load(Keyring, KEYRING_ID)
+        except NotFound:
+            return self.retrying(self._create_keyring)
+
+    def _create_keyring(self) -> Keyring:
+        if self.exists(KEYRING_ID):
+            return self.load(Keyring, KEYRING_ID)
+        keyring = Keyring(id=KEYRING_ID, meta=Meta.system("bootstrap").as_dict())
+        self.save(keyring)
+        return keyring
+
+    def rotate_platform_key(self, meta: dict[str, Any], purpose: str) -> str:
+        def command() -> str:
+            keyring = self.keyring()
+            kid = keyring.rotate(meta, purpose, at_s=self.now_s())
+            self.save(keyring)
+            return kid
+
+        return self.retrying(command)

@@ -1,0 +1,1 @@
+"""Application commands, one mixin per area, combined in ``domain.application.Marketplace``."""

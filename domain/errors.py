@@ -1,0 +1,173 @@
+"""One error hierarchy for the whole marketplace.
+
+Every error has a stable snake_case ``code`` and an HTTP ``status``; the API maps them to
+``application/problem+json`` in exactly one place (``api.errors``). Resources and workers
+raise these and never catch them to build responses themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MarketError(Exception):
+    """Raised for every expected failure; the root of the hierarchy."""
+
+    code = "market_error"
+    status = 400
+    title = "Request failed"
+
+    def __init__(self, detail: str = "", *, param: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.param = param
+        self.extra = extra
+
+
+class InvalidInput(MarketError):
+    """Raised when a request or command argument is malformed or out of range."""
+
+    code = "invalid_input"
+    status = 422
+    title = "Invalid input"
+
+
+class MalformedBody(InvalidInput):
+    """Raised when a request body is not valid JSON of the expected shape."""
+
+    code = "malformed_body"
+    status = 400
+    title = "Malformed request body"
+
+
+class NotFound(MarketError):
+    """Raised when the addressed thing does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(MarketError):
+    """Raised when a command loses an optimistic-concurrency race too many times."""
+
+    code = "conflict"
+    status = 409
+    title = "Concurrent modification"
+
+
+class AlreadyExists(Conflict):
+    """Raised when creating something whose natural key is already taken."""
+
+    code = "already_exists"
+    title = "Already exists"
+
+
+class InvalidState(Conflict):
+    """Raised when a command is not allowed in the aggregate's current state."""
+
+    code = "invalid_state"
+    title = "Not allowed in the current state"
+
+
+class IdempotencyKeyReused(Conflict):
+    """Raised when an Idempotency-Key is replayed with a different request body."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with another request"
+
+
+class Unauthenticated(MarketError):
+    """Raised when credentials are missing, malformed, expired or wrong."""
+
+    code = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class InvalidCredentials(Unauthenticated):
+    """Raised when a login, API key or client secret does not match."""
+
+    code = "invalid_credentials"
+    title = "Invalid credentials"
+
+
+class TotpRequired(Unauthenticated):
+    """Raised when an account has two-factor enabled and no (or a wrong) code was sent."""
+
+    code = "totp_required"
+    title = "Two-factor code required"
+
+
+class TokenInvalid(Unauthenticated):
+    """Raised when a bearer token is malformed, badly signed, expired or of an unknown key."""
+
+    code = "token_invalid"
+    title = "Invalid token"
+
+
+class TokenReplayed(Unauthenticated):
+    """Raised when a single-use token id (``jti``) or nonce is presented a second time."""
+
+    code = "token_replayed"
+    title = "Token or nonce already used"
+
+
+class SignatureInvalid(Unauthenticated):
+    """Raised when a signature does not verify against the expected key."""
+
+    code = "signature_invalid"
+    title = "Signature does not verify"
+
+
+class KeyExpired(Unauthenticated):
+    """Raised when a rotated-out key is used after its grace period."""
+
+    code = "key_expired"
+    title = "Key no longer accepted"
+
+
+class Forbidden(MarketError):
+    """Raised when an authenticated caller lacks the role or ownership required."""
+
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class DeviceNotEnrolled(Forbidden):
+    """Raised when a message is signed by a key that belongs to no enrolled device."""
+
+    code = "device_not_enrolled"
+    title = "Device not enrolled"
+
+
+class DeviceSuspended(Forbidden):
+    """Raised when a suspended device tries to act."""
+
+    code = "device_suspended"
+    title = "Device suspended"
+
+
+class InsufficientFunds(MarketError):
+    """Raised when a debit would overdraw a channel."""
+
+    code = "channel_exhausted"
+    status = 402
+    title = "Channel exhausted"
+
+
+class PayloadTooLarge(MarketError):
+    """Raised when a request body exceeds the size limit."""
+
+    code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class Unavailable(MarketError):
+    """Raised when a backing service (store, broker, chain) cannot be reached."""
+
+    code = "unavailable"
+    status = 503
+    title = "Service unavailable"

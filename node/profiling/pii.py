@@ -1,0 +1,232 @@
+"""PII detection per column and in free text, accumulated batch by batch.
+
+Per column and kind we count candidates (pattern matches), valid candidates, and rows with
+a valid one. A kind is accepted for a column by majority vote: at least half of its
+candidates must validate, which drops checksum coincidences such as the ~10 % of random
+16-digit ids that pass Luhn. Only counts leave this module, never a matched value.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from node.profiling import pii_rules as rules
+
+CHECK_BUDGET_PER_COLUMN = 2048  # distinct values validated in Python per column and kind
+CHECK_BUDGET_PER_BATCH = 256
+HIGH_RISK_KINDS = ("payment_card", "iban", "national_id")
+# Kinds whose matched text could contain another kind's pattern; blanked after scanning.
+_BLANK_AFTER = ("email", "iban")
+_SCAN_ORDER = ("email", "iban", "payment_card", "national_id", "phone", "ip_address")
+
+
+@dataclass
+class KindStats:
+    """Counters for one PII kind in one column."""
+
+    candidates: int = 0
+    valid: int = 0
+    rows: int = 0
+    checked: int = 0
+
+    def accepted(self) -> bool:
+        """Majority vote: most candidates validated (and at least one did)."""
+        return self.valid > 0 and self.valid * 2 >= self.candidates
+
+
+@dataclass
+class ColumnPii:
+    """PII counters for one column."""
+
+    name: str
+    hints: set[str]
+    weak_name: bool
+    present: int = 0
+    shaped: int = 0
+    listed: int = 0
+    kinds: dict[str, KindStats] = field(default_factory=lambda: defaultdict(KindStats))
+    mentions: KindStats = field(default_factory=KindStats)
+
+    def name_cells_accepted(self, present: int, shaped: int, listed: int) -> bool:
+        """Whether cells of this column are person names (given counts to judge)."""
+        if not present or shaped * 2 < present:
+            return False
+        if "person_name" in self.hints:
+            return True
+        need = 0.2 if self.weak_name else 0.3
+        return listed >= need * present
+
+
+def _rows(row_index: pl.Series, ok: pl.Series) -> pl.Series:
+    return row_index.filter(ok).unique()
+
+
+class PiiScanner:
+    """Scans batches for PII and produces the report sections."""
+
+    def __init__(self, extra_names: Iterable[str] | None = None) -> None:
+        self.names = rules.name_list(extra_names)
+        self.columns: dict[str, ColumnPii] = {}
+        self.kind_rows: dict[str, int] = defaultdict(int)
+        self.free_text_rows = 0
+
+    def _column(self, name: str) -> ColumnPii:
+        if name not in self.columns:
+            hints = rules.header_hint(name)
+            self.columns[name] = ColumnPii(name, hints, rules.weak_name_header(name))
+        return self.columns[name]
+
+    def scan(self, frame: pl.DataFrame, free_text: set[str]) -> None:
+        """Scan one batch.
+
+        Args:
+            frame: The batch.
+            free_text: Names of the batch's columns that hold prose.
+        """
+        by_kind: dict[str, list[pl.Series]] = defaultdict(list)
+        free_rows: list[pl.Series] = []
+        for name, dtype in frame.schema.items():
+            if not (dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical):
+                continue
+            values = frame.get_column(name).cast(pl.String).str.strip_chars()
+            found = self._scan_column(self._column(name), values)
+            for kind, rows in found.items():
+                by_kind[kind].append(rows)
+                if name in free_text:
+                    free_rows.append(rows)
+        for kind, parts in by_kind.items():
+            self.kind_rows[kind] += pl.concat(parts).n_unique()
+        if free_rows:
+            self.free_text_rows += pl.concat(free_rows).n_unique()
+
+    def _scan_column(self, column: ColumnPii, values: pl.Series) -> dict[str, pl.Series]:
+        frame = pl.DataFrame({"row": pl.int_range(0, values.len(), eager=True, dtype=pl.UInt32), "v": values})
+        found = self._scan_structured(column, frame)
+        names = self._scan_names(column, frame)
+        if names is not None and names.len():
+            found["person_name"] = names
+        return found
+
+    def _scan_structured(self, column: ColumnPii, frame: pl.DataFrame) -> dict[str, pl.Series]:
+        text = pl.col("v")
+        sub = frame.filter(text.str.contains(rules.PREFILTER) & ~text.str.contains(rules.PLAIN_NUMBER))
+        found: dict[str, pl.Series] = {}
+        for kind in _SCAN_ORDER:
+            if not sub.height:
+                break
+            pattern = rules.PATTERNS[kind]
+            cands = sub.select("row", text.str.extract_all(pattern).alias("c")).explode("c").drop_nulls("c")
+            if kind == "ip_address":
+                cands = cands.filter(_plausible_ip(pl.col("c")))
+            if cands.height:
+                stats = column.kinds[kind]
+                ok = self._validate(kind, cands.get_column("c"), stats)
+                valid = int(ok.sum())
+                rows = _rows(cands.get_column("row"), ok)
+                stats.candidates += cands.height
+                stats.valid += valid
+                stats.rows += rows.len()
+                if valid and valid * 2 >= cands.height:
+                    found[kind] = rows
+            if kind in _BLANK_AFTER:
+                sub = sub.with_columns(text.str.replace_all(pattern, " "))
+        return found
+
+    @staticmethod
+    def _validate(kind: str, cands: pl.Series, stats: KindStats) -> pl.Series:
+        if kind in rules.VECTOR_VALIDATORS:
+            return rules.VECTOR_VALIDATORS[kind](cands)
+        budget = min(CHECK_BUDGET_PER_BATCH, CHECK_BUDGET_PER_COLUMN - stats.checked)
+        prior = stats.valid * 2 >= stats.candidates > 0
+        ok, checked = rules.validate_sampled(cands, rules.PYTHON_VALIDATORS[kind], budget, prior)
+        stats.checked += checked
+        return ok
+
+    def _scan_names(self, column: ColumnPii, frame: pl.DataFrame) -> pl.Series | None:
+        text = pl.col("v")
+        first = text.str.extract(r"^(\p{L}+)", 1).str.to_lowercase()
+        flags = frame.select(
+            "row",
+            text.is_not_null().alias("present"),
+            text.str.contains(rules.NAME_CELL).fill_null(False).alias("shaped"),
+            (text.str.contains(rules.NAME_CELL) & first.is_in(self.names)).fill_null(False).alias("listed"),
+        )
+        present, shaped, listed = (int(flags.get_column(c).sum()) for c in ("present", "shaped", "listed"))
+        column.present += present
+        column.shaped += shaped
+        column.listed += listed
+        if column.name_cells_accepted(present, shaped, listed):
+            return flags.filter("shaped").get_column("row")
+        return self._scan_mentions(column, frame)
+
+    def _scan_mentions(self, column: ColumnPii, frame: pl.DataFrame) -> pl.Series | None:
+        text = pl.col("v")
+        runs = (
+            frame.filter(text.str.contains(rules.NAME_IN_TEXT))
+            .select("row", text.str.extract_all(rules.NAME_IN_TEXT).alias("r"))
+            .explode("r")
+            .drop_nulls("r")
+        )
+        if not runs.height:
+            return None
+        heads = runs.get_column("r").str.to_lowercase().str.replace(r"\s\S+$", "").str.split(" ")
+        ok = heads.list.eval(pl.element().is_in(self.names)).list.any()
+        column.mentions.candidates += runs.height
+        column.mentions.valid += int(ok.sum())
+        rows = _rows(runs.get_column("row"), ok)
+        column.mentions.rows += rows.len()
+        return rows
+
+    def column_report(self, name: str, total_rows: int, present: int) -> dict:
+        """The ``pii`` verdict of one column (no values, counts only)."""
+        column = self.columns.get(name)
+        kinds = self._accepted(column) if column else {}
+        report: dict = {"verdict": "none", "kind": None, "confidence": 0.0, "kinds": {}}
+        for kind, stats in kinds.items():
+            report["kinds"][kind] = {
+                "count": stats.valid,
+                "row_share": _share(stats.rows, total_rows),
+                "confidence": _confidence(column, kind, stats, present),
+            }
+        if kinds:
+            kind = max(kinds, key=lambda k: (kinds[k].rows, -rules.KINDS.index(k)))
+            dominant = kinds[kind].rows * 2 >= present > 0
+            report.update(
+                verdict="pii" if dominant else "contains_pii",
+                kind=kind,
+                confidence=report["kinds"][kind]["confidence"],
+            )
+        return report
+
+    def _accepted(self, column: ColumnPii) -> dict[str, KindStats]:
+        kinds = {k: s for k, s in column.kinds.items() if s.accepted()}
+        if column.name_cells_accepted(column.present, column.shaped, column.listed):
+            kinds["person_name"] = KindStats(column.shaped, column.shaped, column.shaped)
+        elif column.mentions.valid:
+            kinds["person_name"] = column.mentions
+        return {k: kinds[k] for k in rules.KINDS if k in kinds}
+
+
+def _plausible_ip(cand: pl.Expr) -> pl.Expr:
+    # Clock times ("12:30:45") and C++ scopes ("std::") match the loose IPv6 pattern.
+    ipv6 = cand.str.contains("::") | (cand.str.count_matches(":") == 7)
+    groups = cand.str.count_matches(r"[0-9A-Fa-f]+")
+    return cand.str.contains(r"\.") | (ipv6 & ((groups >= 3) | (cand == "::1")))
+
+
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def _confidence(column: ColumnPii, kind: str, stats: KindStats, present: int) -> float:
+    """Blend of precision (validated/candidates) and coverage, plus a header bonus."""
+    precision = stats.valid / stats.candidates if stats.candidates else 0.0
+    if kind == "person_name" and stats is not column.mentions and "person_name" not in column.hints:
+        precision = column.listed / column.shaped if column.shaped else 0.0
+    coverage = min(1.0, 2 * stats.rows / present) if present else 0.0
+    bonus = 0.1 if kind in column.hints else 0.0
+    return round(min(0.99, 0.5 * precision + 0.5 * coverage + bonus), 2)

@@ -1,0 +1,1 @@
+"""How the hub is assembled and run: settings, the composition root, the CLI, service config."""

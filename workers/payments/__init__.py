@@ -1,0 +1,1 @@
+"""Payment workers: the Stripe gateway and the actors that call it (no imports at package load)."""
