@@ -98,7 +98,7 @@ def multibase_decode(text: str, codec: bytes, length: int = KEY_BYTES) -> bytes:
         raise InvalidInput("non-canonical base58btc")
     if not decoded.startswith(codec):
         raise InvalidInput(f"unexpected multicodec prefix {decoded[:2].hex()}; expected {codec.hex()}")
-    raw = decoded[len(codec):]
+    raw = decoded[len(codec) :]
     if len(raw) != length:
         raise InvalidInput(f"expected {length} key bytes, got {len(raw)}")
     return raw
@@ -125,7 +125,7 @@ class VerifyKey:
     signatures for any message is never accepted.
     """
 
-    __slots__ = ("_raw", "_nacl")
+    __slots__ = ("_nacl", "_raw")
 
     def __init__(self, raw: bytes) -> None:
         """Prefer :meth:`from_bytes`; ``raw`` is the 32-byte encoded public key."""
@@ -154,7 +154,7 @@ class VerifyKey:
         """
         if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX):
             raise InvalidInput("expected a did:key identifier")
-        body, sep, fragment = did[len(DID_KEY_PREFIX):].partition("#")
+        body, sep, fragment = did[len(DID_KEY_PREFIX) :].partition("#")
         if sep and fragment != body:
             raise InvalidInput("did:key fragment must repeat the key's multibase value")
         return cls.from_multibase(body)

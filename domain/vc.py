@@ -55,7 +55,7 @@ import copy
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import base58
@@ -70,9 +70,7 @@ ED25519_SIGNATURE_2020 = "Ed25519Signature2020"
 PROOF_TYPES = (DATA_INTEGRITY_PROOF, ED25519_SIGNATURE_2020)
 
 _UTC_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-_XSD_DATETIME = re.compile(
-    r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
-)
+_XSD_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +103,7 @@ def xsd_datetime(moment: datetime) -> str:
     """
     if not isinstance(moment, datetime) or moment.utcoffset() is None:
         raise InvalidInput("an aware datetime is required")
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     text = utc.strftime("%Y-%m-%dT%H:%M:%S")
     if utc.microsecond:
         text += f".{utc.microsecond:06d}".rstrip("0")
@@ -127,13 +125,11 @@ def parse_xsd_datetime(text: str) -> datetime:
         parsed = datetime.fromisoformat(base + fraction + ("+00:00" if zone == "Z" else zone))
     except ValueError as exc:
         raise InvalidInput(f"invalid dateTime {text!r}") from exc
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def _hash_data(proof_config: dict[str, Any], document: dict[str, Any]) -> bytes:
-    return hashlib.sha256(canonical_json(proof_config)).digest() + hashlib.sha256(
-        canonical_json(document)
-    ).digest()
+    return hashlib.sha256(canonical_json(proof_config)).digest() + hashlib.sha256(canonical_json(document)).digest()
 
 
 def sign_credential(

@@ -39,9 +39,7 @@ VOUCHER_TYPE = [
     {"name": "channelId", "type": "bytes32"},
     {"name": "cumulativeAmount", "type": "uint256"},
 ]
-_DOMAIN_TYPEHASH = keccak(
-    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
+_DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 _VOUCHER_TYPEHASH = keccak(text="Voucher(bytes32 channelId,uint256 cumulativeAmount)")
 
 
@@ -98,9 +96,7 @@ def _check_amount(cumulative_amount: int) -> int:
     return cumulative_amount
 
 
-def voucher_typed_data(
-    domain: VoucherDomain, channel_id: bytes | str, cumulative_amount: int
-) -> dict[str, Any]:
+def voucher_typed_data(domain: VoucherDomain, channel_id: bytes | str, cumulative_amount: int) -> dict[str, Any]:
     """The full EIP-712 message (as for ``eth_signTypedData_v4``) a wallet signs."""
     return {
         "types": {"EIP712Domain": EIP712_DOMAIN_TYPE, "Voucher": VOUCHER_TYPE},
@@ -121,9 +117,7 @@ def voucher_typed_data(
 def voucher_digest(domain: VoucherDomain, channel_id: bytes | str, cumulative_amount: int) -> bytes:
     """The 32-byte EIP-712 digest ``keccak256(0x1901 || domainSeparator || structHash)``."""
     struct_hash = keccak(
-        _VOUCHER_TYPEHASH
-        + channel_id_bytes(channel_id)
-        + _check_amount(cumulative_amount).to_bytes(32, "big")
+        _VOUCHER_TYPEHASH + channel_id_bytes(channel_id) + _check_amount(cumulative_amount).to_bytes(32, "big")
     )
     return keccak(b"\x19\x01" + domain.separator() + struct_hash)
 

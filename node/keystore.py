@@ -44,7 +44,7 @@ import secrets
 import stat
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,18 +235,13 @@ def _check_limits(ops_limit: object, mem_limit: object, *, loading: bool) -> Non
     if type(ops_limit) is not int or type(mem_limit) is not int:
         raise bad("Argon2id limits must be integers")
     if ops_limit < argon2id.OPSLIMIT_MIN or mem_limit < argon2id.MEMLIMIT_MIN:
-        raise bad(
-            f"Argon2id limits below the minimum (ops >= {argon2id.OPSLIMIT_MIN}, "
-            f"mem >= {argon2id.MEMLIMIT_MIN})"
-        )
+        raise bad(f"Argon2id limits below the minimum (ops >= {argon2id.OPSLIMIT_MIN}, mem >= {argon2id.MEMLIMIT_MIN})")
     if ops_limit > MAX_OPS_LIMIT or mem_limit > MAX_MEM_LIMIT:
         raise bad(f"Argon2id limits above the maximum (ops <= {MAX_OPS_LIMIT}, mem <= {MAX_MEM_LIMIT})")
 
 
 def _derive_key(passphrase: bytes, salt: bytes, ops_limit: int, mem_limit: int) -> bytes:
-    return argon2id.kdf(
-        nacl.secret.SecretBox.KEY_SIZE, passphrase, salt, opslimit=ops_limit, memlimit=mem_limit
-    )
+    return argon2id.kdf(nacl.secret.SecretBox.KEY_SIZE, passphrase, salt, opslimit=ops_limit, memlimit=mem_limit)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -426,7 +421,7 @@ def create(
     if not overwrite and os.path.lexists(target):
         raise KeystoreExists(f"a keystore already exists at {target}; pass overwrite=True to replace it")
     if created_at is None:
-        created_at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     keystore = Keystore(
         signing_key=signing_key if signing_key is not None else SigningKey.generate(),
         kx_key=kx_key if kx_key is not None else KxPrivateKey.generate(),

@@ -106,7 +106,10 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         event_store_env(settings), secrets=PlatformSecrets(platform_secret(settings)), hub_url=settings.hub_url,
         nonces=nonces, clock=clock, bcrypt_rounds=settings.bcrypt_rounds, session_ttl_s=settings.session_ttl_s,
     )
-    return Runtime(settings=settings, market=market, views=views, nonces=nonces)
+    runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces)
+    for runner in runtime.runners():
+        runner.setup()  # read models exist (empty) before the first request reads them
+    return runtime
 
 
 def make_runner(runtime: Runtime, projection: object) -> ProjectionRunner:

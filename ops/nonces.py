@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from domain.errors import TokenReplayed
+from projections.base import lock_ddl
 from projections.db import ViewDB
 
 DDL = "CREATE TABLE IF NOT EXISTS used_nonces (nonce_key TEXT PRIMARY KEY, expires_at_s BIGINT NOT NULL)"
@@ -22,6 +23,7 @@ class DbNonceStore:
         self.db = db
         self.clock_s = clock_s
         with db.transaction() as tx:
+            lock_ddl(tx)
             tx.execute(DDL)
 
     def use_once(self, key: str, ttl_s: int) -> None:

@@ -59,3 +59,12 @@ class Projection:
 def read_position(tx: Tx, name: str) -> tuple[int, int] | None:
     row = tx.fetchone("SELECT position, version FROM projection_tracking WHERE name = ?", (name,))
     return None if row is None else (int(row["position"]), int(row["version"]))
+
+
+DDL_LOCK_KEY = 7_346_112_001
+
+
+def lock_ddl(tx: Tx) -> None:
+    """Serialise schema changes across hosts (concurrent CREATE TABLE can collide on PostgreSQL)."""
+    if tx.dialect == "postgres":
+        tx.execute("SELECT pg_advisory_xact_lock(?)", (DDL_LOCK_KEY,))

@@ -25,7 +25,7 @@ from eventsourcing.persistence import OperationalError as EsOperationalError
 from eventsourcing.persistence import PersistenceError
 
 from projections import db as dbmod
-from projections.base import TRACKING_DDL, Projection, read_position
+from projections.base import TRACKING_DDL, Projection, lock_ddl, read_position
 from projections.db import ViewDB
 
 log = structlog.get_logger("projections")
@@ -134,6 +134,7 @@ class ProjectionRunner:
         """Create the tracking table and this projection's tables; rebuild on a version bump."""
         name, version = self.projection.name, self.projection.version
         with self.views.transaction() as tx:
+            lock_ddl(tx)
             tx.execute(TRACKING_DDL)
             tracked = read_position(tx, name)
             if tracked is not None and tracked[1] != version:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
 
@@ -22,8 +23,7 @@ REPORT_VERSION = 1
 _IDENTIFIER_HEADER = re.compile(
     r"(?:^|_)(?:id|ids|uuid|guid|key|code|number|no|num|account|zip|postcode|postal)(?:_|$)|id$"
 )
-_FREE_TEXT_CHARS = 25
-_FREE_TEXT_WORDS = 3
+WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 
 class _Profiler:
@@ -35,7 +35,9 @@ class _Profiler:
         self.duplicates = DuplicateRowSketch()
         self.rows = 0
 
-    def add_batch(self, batch: pl.DataFrame) -> None:
+    def add_batch(self, batch: pl.DataFrame, pool: Executor) -> None:
+        # PII column tasks run on the pool while this thread computes the schema aggregates.
+        finish_pii = self.scanner.scan(batch, pool)
         agg = batch_aggregates(batch)
         for name in batch.columns:
             if name not in self.columns:
@@ -46,20 +48,9 @@ class _Profiler:
         for name, stats in self.columns.items():
             if name not in batch.schema:
                 stats.add_missing(batch.height)
-        self.scanner.scan(batch, _free_text_columns(batch, agg))
         self.duplicates.add(batch.select(sorted(batch.columns)))
+        finish_pii()
         self.rows += batch.height
-
-
-def _free_text_columns(batch: pl.DataFrame, agg: dict[str, object]) -> set[str]:
-    found = set()
-    for name in batch.columns:
-        present = int(agg.get(f"{name}\x00present") or 0)
-        chars = int(agg.get(f"{name}\x00chars") or 0)
-        spaces = int(agg.get(f"{name}\x00spaces") or 0)
-        if present and chars >= _FREE_TEXT_CHARS * present and spaces >= _FREE_TEXT_WORDS * present:
-            found.add(name)
-    return found
 
 
 def profile_path(path: str | os.PathLike, *, name_list: Iterable[str] | None = None) -> dict:
@@ -81,9 +72,8 @@ def profile_path(path: str | os.PathLike, *, name_list: Iterable[str] | None = N
     """
     sources = discover(path)
     profiler = _Profiler(name_list)
-    files = []
-    for source in sources:
-        files.append(_profile_file(profiler, source))
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="profile") as pool:
+        files = [_profile_file(profiler, source, pool) for source in sources]
     report: dict = {
         "report_version": REPORT_VERSION,
         "kind": "dataset",
@@ -99,11 +89,11 @@ def profile_path(path: str | os.PathLike, *, name_list: Iterable[str] | None = N
     return report
 
 
-def _profile_file(profiler: _Profiler, source: SourceFile) -> dict:
+def _profile_file(profiler: _Profiler, source: SourceFile, pool: Executor) -> dict:
     hasher = FileHasher(source.path)
     start = profiler.rows
     for batch in iter_batches(source):
-        profiler.add_batch(batch)
+        profiler.add_batch(batch, pool)
     return {
         "name": source.name,
         "format": source.format,

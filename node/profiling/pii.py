@@ -9,7 +9,8 @@ candidates must validate, which drops checksum coincidences such as the ~10 % of
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -18,6 +19,7 @@ from node.profiling import pii_rules as rules
 
 CHECK_BUDGET_PER_COLUMN = 2048  # distinct values validated in Python per column and kind
 CHECK_BUDGET_PER_BATCH = 256
+SAMPLE_ROWS = 1000  # cells per batch used to classify a column (prose? textual?)
 HIGH_RISK_KINDS = ("payment_card", "iban", "national_id")
 # Kinds whose matched text could contain another kind's pattern; blanked after scanning.
 _BLANK_AFTER = ("email", "iban")
@@ -80,46 +82,65 @@ class PiiScanner:
             self.columns[name] = ColumnPii(name, hints, rules.weak_name_header(name))
         return self.columns[name]
 
-    def scan(self, frame: pl.DataFrame, free_text: set[str]) -> None:
-        """Scan one batch.
+    def scan(self, frame: pl.DataFrame, pool: Executor) -> Callable[[], None]:
+        """Start scanning one batch, one task per column on ``pool``.
 
         Args:
             frame: The batch.
-            free_text: Names of the batch's columns that hold prose.
-        """
-        by_kind: dict[str, list[pl.Series]] = defaultdict(list)
-        free_rows: list[pl.Series] = []
-        for name, dtype in frame.schema.items():
-            if not (dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical):
-                continue
-            values = frame.get_column(name).cast(pl.String).str.strip_chars()
-            found = self._scan_column(self._column(name), values)
-            for kind, rows in found.items():
-                by_kind[kind].append(rows)
-                if name in free_text:
-                    free_rows.append(rows)
-        for kind, parts in by_kind.items():
-            self.kind_rows[kind] += pl.concat(parts).n_unique()
-        if free_rows:
-            self.free_text_rows += pl.concat(free_rows).n_unique()
+            pool: Runs the column tasks; polars releases the GIL, so they overlap.
 
-    def _scan_column(self, column: ColumnPii, values: pl.Series) -> dict[str, pl.Series]:
+        Returns:
+            A function that waits for the tasks and merges their row sets.
+        """
+        futures = []
+        for name, dtype in frame.schema.items():
+            if dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical:
+                values = frame.get_column(name).cast(pl.String)
+                futures.append((name, pool.submit(self._scan_column, self._column(name), values)))
+
+        def finish() -> None:
+            by_kind: dict[str, list[pl.Series]] = defaultdict(list)
+            free_rows: list[pl.Series] = []
+            for _name, future in futures:
+                found, free_text = future.result()
+                for kind, rows in found.items():
+                    by_kind[kind].append(rows)
+                    if free_text:
+                        free_rows.append(rows)
+            for kind, parts in by_kind.items():
+                self.kind_rows[kind] += pl.concat(parts).n_unique()
+            if free_rows:
+                self.free_text_rows += pl.concat(free_rows).n_unique()
+
+        return finish
+
+    def _scan_column(self, column: ColumnPii, values: pl.Series) -> tuple[dict[str, pl.Series], bool]:
+        values = values.str.strip_chars()
+        sample = values.head(SAMPLE_ROWS).drop_nulls()
+        free_text = _looks_free_text(sample)
         frame = pl.DataFrame({"row": pl.int_range(0, values.len(), eager=True, dtype=pl.UInt32), "v": values})
         found = self._scan_structured(column, frame)
-        names = self._scan_names(column, frame)
-        if names is not None and names.len():
-            found["person_name"] = names
-        return found
+        # Names start with a letter; skip the name scans for numeric, date or code columns.
+        if sample.len() and sample.str.contains(r"^\p{L}").mean() >= 0.1:
+            names = self._scan_names(column, frame)
+            if names is not None and names.len():
+                found["person_name"] = names
+        return found, free_text
 
     def _scan_structured(self, column: ColumnPii, frame: pl.DataFrame) -> dict[str, pl.Series]:
         text = pl.col("v")
-        sub = frame.filter(text.str.contains(rules.PREFILTER) & ~text.str.contains(rules.PLAIN_NUMBER))
+        sub = frame.filter(text.str.contains(rules.PREFILTER) & ~text.str.contains(rules.NOT_IDENTIFIER))
         found: dict[str, pl.Series] = {}
         for kind in _SCAN_ORDER:
             if not sub.height:
                 break
             pattern = rules.PATTERNS[kind]
-            cands = sub.select("row", text.str.extract_all(pattern).alias("c")).explode("c").drop_nulls("c")
+            # is_match stops at the first hit, so gating is cheaper than extracting everywhere.
+            gate = sub.get_column("v").str.contains(pattern)
+            if not gate.any():
+                continue
+            hits = sub.filter(gate)
+            cands = hits.select("row", text.str.extract_all(pattern).alias("c")).explode("c").drop_nulls("c")
             if kind == "ip_address":
                 cands = cands.filter(_plausible_ip(pl.col("c")))
             if cands.height:
@@ -133,7 +154,7 @@ class PiiScanner:
                 if valid and valid * 2 >= cands.height:
                     found[kind] = rows
             if kind in _BLANK_AFTER:
-                sub = sub.with_columns(text.str.replace_all(pattern, " "))
+                sub = pl.concat([sub.filter(~gate), hits.with_columns(text.str.replace_all(pattern, " "))])
         return found
 
     @staticmethod
@@ -209,6 +230,13 @@ class PiiScanner:
         elif column.mentions.valid:
             kinds["person_name"] = column.mentions
         return {k: kinds[k] for k in rules.KINDS if k in kinds}
+
+
+def _looks_free_text(sample: pl.Series) -> bool:
+    """Prose: at least 25 characters and three spaces per cell on average."""
+    if not sample.len():
+        return False
+    return bool(sample.str.len_chars().mean() >= 25 and sample.str.count_matches(" ").mean() >= 3)
 
 
 def _plausible_ip(cand: pl.Expr) -> pl.Expr:

@@ -26,9 +26,12 @@ DEFAULT_PHONE_REGION = "US"
 # A cell can hold a structured identifier only if it has an "@", a "::" or two digits
 # close together; most prose and category cells fail this one scan and skip the rest.
 PREFILTER = r"@|::|\d[^\d]{0,3}\d"
-# Plain short numbers (amounts, counts, small ids) cannot be any structured kind: cards
-# need 13+ digits and phones without "+" need separators.
-PLAIN_NUMBER = r"^\s*-?\d{1,12}(?:\.\d+)?\s*$"
+# Plain short numbers (amounts, counts, small ids) and ISO dates/times cannot be any
+# structured kind: cards need 13+ digits and phones without "+" need separators.
+NOT_IDENTIFIER = (
+    r"^-?\d{1,12}(?:\.\d+)?$"
+    r"|^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
 
 PATTERNS = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}",

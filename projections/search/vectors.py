@@ -93,9 +93,7 @@ def top_k_cosine(
     query = np.asarray(query_vec, dtype=np.float32)
     rows = np.asarray(matrix, dtype=np.float32)
     if query.ndim != 1 or rows.ndim != 2 or rows.shape[1] != query.shape[0]:
-        raise InvalidInput(
-            f"query {query.shape} and matrix {rows.shape} do not agree", param="matrix"
-        )
+        raise InvalidInput(f"query {query.shape} and matrix {rows.shape} do not agree", param="matrix")
     n = rows.shape[0]
     k = min(int(k), n)
     if k <= 0:

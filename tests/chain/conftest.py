@@ -130,7 +130,7 @@ def hardhat_url() -> Iterator[str]:
         )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="hardhat-node-", suffix=".log", delete=False)  # noqa: SIM115
+    log = tempfile.NamedTemporaryFile(prefix="hardhat-node-", suffix=".log", delete=False)
     env = {**os.environ, "HARDHAT_DISABLE_TELEMETRY_PROMPT": "true"}
     # --no: never let npx download anything; own session so teardown stops npx and node together.
     process = subprocess.Popen(

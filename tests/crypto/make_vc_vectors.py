@@ -131,11 +131,19 @@ def _negatives(ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mutate(doc)
         return doc
 
-    add("credentialSubject value changed", w3c(lambda d: d["credentialSubject"].update(alumniOf="The School of Forgery")), "signature_invalid")
+    add(
+        "credentialSubject value changed",
+        w3c(lambda d: d["credentialSubject"].update(alumniOf="The School of Forgery")),
+        "signature_invalid",
+    )
     add("validFrom changed", w3c(lambda d: d.update(validFrom="2022-01-01T00:00:00Z")), "signature_invalid")
     add("member added to the document", w3c(lambda d: d.update(validUntil="2099-01-01T00:00:00Z")), "signature_invalid")
     add("member removed from the document", w3c(lambda d: d.pop("description")), "signature_invalid")
-    add("@context appended to the document", w3c(lambda d: d.update({"@context": CONTEXT + ["https://evil.example/ctx"]})), "signature_invalid")
+    add(
+        "@context appended to the document",
+        w3c(lambda d: d.update({"@context": [*CONTEXT, "https://evil.example/ctx"]})),
+        "signature_invalid",
+    )
     add("proof.created changed", w3c(lambda d: d["proof"].update(created="2023-02-24T23:36:39Z")), "signature_invalid")
     add("nonce added to the proof", w3c(lambda d: d["proof"].update(nonce="replayed")), "signature_invalid")
     add("proofPurpose changed", w3c(lambda d: d["proof"].update(proofPurpose="authentication")), "signature_invalid")
@@ -146,7 +154,11 @@ def _negatives(ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
     add(
         "proofValue character changed",
-        w3c(lambda d: d["proof"].update(proofValue=W3C["proofValue"][:-1] + ("Y" if W3C["proofValue"][-1] != "Y" else "Z"))),
+        w3c(
+            lambda d: d["proof"].update(
+                proofValue=W3C["proofValue"][:-1] + ("Y" if W3C["proofValue"][-1] != "Y" else "Z")
+            )
+        ),
         "signature_invalid",
     )
     add(
@@ -154,7 +166,12 @@ def _negatives(ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
         w3c(lambda d: d["proof"].update(verificationMethod=OTHER_KEY.verify_key.verification_method)),
         "signature_invalid",
     )
-    add("valid proof, but not by the expected key", _w3c_signed(), "signature_invalid", OTHER_KEY.verify_key.to_multibase())
+    add(
+        "valid proof, but not by the expected key",
+        _w3c_signed(),
+        "signature_invalid",
+        OTHER_KEY.verify_key.to_multibase(),
+    )
     add("proof removed", w3c(lambda d: d.pop("proof")), "invalid_input")
     add("proof is a proof set (array)", w3c(lambda d: d.update(proof=[d["proof"]])), "invalid_input")
     add("unsupported cryptosuite", w3c(lambda d: d["proof"].update(cryptosuite="eddsa-rdfc-2022")), "invalid_input")
@@ -170,9 +187,21 @@ def _negatives(ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mutate(doc)
         return doc
 
-    add("ours: nonce changed", mut(heartbeat, lambda d: d["proof"].update(nonce="b3f1c2d4e5f60719")), "signature_invalid")
-    add("ours: integer amount changed", mut(heartbeat, lambda d: d["credentialSubject"].update(bytes_served=1048577)), "signature_invalid")
-    add("ours: decimal string changed", mut(heartbeat, lambda d: d["credentialSubject"].update(price="12.5")), "signature_invalid")
+    add(
+        "ours: nonce changed",
+        mut(heartbeat, lambda d: d["proof"].update(nonce="b3f1c2d4e5f60719")),
+        "signature_invalid",
+    )
+    add(
+        "ours: integer amount changed",
+        mut(heartbeat, lambda d: d["credentialSubject"].update(bytes_served=1048577)),
+        "signature_invalid",
+    )
+    add(
+        "ours: decimal string changed",
+        mut(heartbeat, lambda d: d["credentialSubject"].update(price="12.5")),
+        "signature_invalid",
+    )
     add(
         "ours: issuer is another did:key",
         mut(heartbeat, lambda d: d.update(issuer=OTHER_KEY.verify_key.did_key)),

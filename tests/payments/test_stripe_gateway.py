@@ -35,17 +35,13 @@ def gateway(stripe_stub: StripeStub) -> StripeGateway:
 
 
 def _intent(gateway: StripeGateway, key: str = "topup-ch_1-1", amount: int = 1500) -> dict:
-    return gateway.create_payment_intent(
-        amount_minor=amount, currency="USD", channel_id="ch_1", idempotency_key=key
-    )
+    return gateway.create_payment_intent(amount_minor=amount, currency="USD", channel_id="ch_1", idempotency_key=key)
 
 
 # -- payment intents -------------------------------------------------------------------------
 
 
-def test_create_payment_intent_sends_checked_form_and_key(
-    gateway: StripeGateway, stripe_stub: StripeStub
-) -> None:
+def test_create_payment_intent_sends_checked_form_and_key(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
     result = _intent(gateway)
     assert set(result) == {"id", "client_secret", "status"}
     assert type(result) is dict
@@ -65,9 +61,7 @@ def test_create_payment_intent_sends_checked_form_and_key(
     assert stripe_stub.payment_intents[result["id"]]["metadata"] == {"channel_id": "ch_1"}
 
 
-def test_repeated_create_with_same_key_returns_same_intent(
-    gateway: StripeGateway, stripe_stub: StripeStub
-) -> None:
+def test_repeated_create_with_same_key_returns_same_intent(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
     first = _intent(gateway)
     second = _intent(gateway)
     assert second == first
@@ -87,9 +81,7 @@ def test_same_key_other_params_is_a_permanent_conflict(gateway: StripeGateway) -
     assert info.value.code == "payment_idempotency_conflict"
 
 
-def test_5xx_is_retried_by_the_library_with_the_same_key(
-    gateway: StripeGateway, stripe_stub: StripeStub
-) -> None:
+def test_5xx_is_retried_by_the_library_with_the_same_key(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
     stripe_stub.fail_next(1)
     result = _intent(gateway)
     attempts = stripe_stub.requests_to("POST", "/v1/payment_intents")
@@ -99,9 +91,7 @@ def test_5xx_is_retried_by_the_library_with_the_same_key(
 
 
 def test_persistent_5xx_becomes_retryable_unavailable(stripe_stub: StripeStub) -> None:
-    gateway = StripeGateway(
-        DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET, api_base=stripe_stub.url, max_network_retries=1
-    )
+    gateway = StripeGateway(DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET, api_base=stripe_stub.url, max_network_retries=1)
     stripe_stub.fail_next(5)
     with pytest.raises(PaymentProviderUnavailable) as info:
         _intent(gateway)
@@ -151,18 +141,14 @@ def test_wrong_api_key_is_misconfiguration(stripe_stub: StripeStub) -> None:
         {"idempotency_key": "x" * 256},
     ],
 )
-def test_bad_arguments_never_reach_stripe(
-    gateway: StripeGateway, stripe_stub: StripeStub, kwargs: dict
-) -> None:
+def test_bad_arguments_never_reach_stripe(gateway: StripeGateway, stripe_stub: StripeStub, kwargs: dict) -> None:
     args = {"amount_minor": 100, "currency": "USD", "channel_id": "ch_1", "idempotency_key": "k"}
     with pytest.raises(InvalidInput):
         gateway.create_payment_intent(**{**args, **kwargs})
     assert stripe_stub.requests == []
 
 
-def test_retrieve_payment_intent_after_success(
-    gateway: StripeGateway, stripe_stub: StripeStub
-) -> None:
+def test_retrieve_payment_intent_after_success(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
     created = _intent(gateway)
     stripe_stub.succeed_payment_intent(created["id"])
     assert gateway.retrieve_payment_intent(created["id"]) == {
@@ -200,9 +186,7 @@ def test_verified_webhook_is_plain_data(gateway: StripeGateway, stripe_stub: Str
 def test_stub_signature_matches_stripes_own(gateway: StripeGateway) -> None:
     payload = b'{"id":"evt_x"}'
     ours = sign_webhook(payload, "whsec_abc", timestamp=1_700_000_000)
-    theirs = stripe.WebhookSignature.generate_signature_header(
-        payload.decode(), "whsec_abc", timestamp=1_700_000_000
-    )
+    theirs = stripe.WebhookSignature.generate_signature_header(payload.decode(), "whsec_abc", timestamp=1_700_000_000)
     assert ours == theirs
 
 
@@ -221,9 +205,7 @@ def test_tampered_payload_is_rejected(gateway: StripeGateway, stripe_stub: Strip
 
 
 @pytest.mark.parametrize("age_s", [301, 3600])
-def test_stale_timestamp_is_rejected(
-    gateway: StripeGateway, stripe_stub: StripeStub, age_s: int
-) -> None:
+def test_stale_timestamp_is_rejected(gateway: StripeGateway, stripe_stub: StripeStub, age_s: int) -> None:
     payload, _ = _signed_event(gateway, stripe_stub)
     header = sign_webhook(payload, DEFAULT_WEBHOOK_SECRET, timestamp=int(time.time()) - age_s)
     with pytest.raises(SignatureInvalid):
@@ -240,9 +222,7 @@ def test_future_timestamp_is_rejected(gateway: StripeGateway, stripe_stub: Strip
         gateway.verify_webhook(payload, header)
 
 
-@pytest.mark.parametrize(
-    "header", [None, "", "garbage", "t=abc,v1=00", "t=1700000000", "v1=deadbeef"]
-)
+@pytest.mark.parametrize("header", [None, "", "garbage", "t=abc,v1=00", "t=1700000000", "v1=deadbeef"])
 def test_missing_or_malformed_header_is_rejected(
     gateway: StripeGateway, stripe_stub: StripeStub, header: str | None
 ) -> None:
@@ -262,14 +242,10 @@ def test_signed_but_not_an_event_is_invalid_input(gateway: StripeGateway, payloa
 
 
 def _transfer(gateway: StripeGateway, payout_id: str = "po_123", amount: int = 900) -> dict:
-    return gateway.create_transfer(
-        amount_minor=amount, currency="EUR", destination="acct_seller1", payout_id=payout_id
-    )
+    return gateway.create_transfer(amount_minor=amount, currency="EUR", destination="acct_seller1", payout_id=payout_id)
 
 
-def test_transfer_uses_payout_id_as_idempotency_key(
-    gateway: StripeGateway, stripe_stub: StripeStub
-) -> None:
+def test_transfer_uses_payout_id_as_idempotency_key(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
     first = _transfer(gateway)
     assert first["id"].startswith("tr_")
     assert first == {
@@ -294,9 +270,7 @@ def test_transfer_uses_payout_id_as_idempotency_key(
     assert len(stripe_stub.transfers) == 1
 
 
-def test_transfer_survives_a_5xx_without_paying_twice(
-    gateway: StripeGateway, stripe_stub: StripeStub
-) -> None:
+def test_transfer_survives_a_5xx_without_paying_twice(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
     stripe_stub.fail_next(1, status=503)
     result = _transfer(gateway, payout_id="po_retry")
     assert list(stripe_stub.transfers) == [result["id"]]
@@ -320,16 +294,12 @@ def test_stub_enforces_auth_form_and_params(stripe_stub: StripeStub) -> None:
     good = {"amount": "100", "currency": "usd"}
     bearer = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
     assert (
-        requests.post(
-            url, data=good, headers={"Authorization": "Bearer sk_bad", "Idempotency-Key": "a"}
-        ).status_code
+        requests.post(url, data=good, headers={"Authorization": "Bearer sk_bad", "Idempotency-Key": "a"}).status_code
         == 401
     )
     assert requests.post(url, data=good, headers=bearer).status_code == 400  # no key
     basic = base64.b64encode(f"{DEFAULT_API_KEY}:".encode()).decode()
-    ok = requests.post(
-        url, data=good, headers={"Authorization": f"Basic {basic}", "Idempotency-Key": "b"}
-    )
+    ok = requests.post(url, data=good, headers={"Authorization": f"Basic {basic}", "Idempotency-Key": "b"})
     assert ok.status_code == 200
     replay = requests.post(url, data=good, headers={**bearer, "Idempotency-Key": "b"})
     assert replay.json()["id"] == ok.json()["id"]

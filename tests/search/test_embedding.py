@@ -215,8 +215,7 @@ def test_query_latency(embedder: Embedder) -> None:
     embedder.embed(LISTINGS * 8)
     batch_ms = (time.perf_counter() - start) * 1000 / (len(LISTINGS) * 8)
     print(
-        f"\nembedding latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms per query; "
-        f"batched {batch_ms:.2f} ms per text",
+        f"\nembedding latency: p50 {p50:.2f} ms, p95 {p95:.2f} ms per query; batched {batch_ms:.2f} ms per text",
         file=sys.stderr,
     )
     # Generous bound for a busy 2-core CI machine; the figure itself is printed above.

@@ -147,9 +147,7 @@ class StripeStub:
         handler = type("_BoundHandler", (_Handler,), {"stub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -214,9 +212,7 @@ class StripeStub:
             status, payload = exc.status, exc.body
         extra = {"Idempotent-Replayed": "true"} if replayed else {}
         with self._lock:
-            self.requests.append(
-                StubRequest(method, path, dict(headers), params, body, status, replayed)
-            )
+            self.requests.append(StubRequest(method, path, dict(headers), params, body, status, replayed))
         return status, payload, extra
 
     def _check_auth(self, authorization: str) -> None:
@@ -250,9 +246,7 @@ class StripeStub:
         if method == "POST" and path in ("/v1/payment_intents", "/v1/transfers"):
             key = headers.get("idempotency-key")
             if key is None and self.require_idempotency_key:
-                raise StripeError(
-                    400, "invalid_request_error", "Idempotency-Key header required by the stub"
-                )
+                raise StripeError(400, "invalid_request_error", "Idempotency-Key header required by the stub")
             fingerprint = (
                 method,
                 path,
@@ -273,9 +267,7 @@ class StripeStub:
             if key:
                 self._idempotency[key] = _Stored(fingerprint, 200, obj)
             return 200, json.loads(json.dumps(obj)), False
-        raise StripeError(
-            404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})."
-        )
+        raise StripeError(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
 
     def _create_intent(self, params: dict[str, Any]) -> dict[str, Any]:
         _check_known(params, _PI_PARAMS)
@@ -340,10 +332,10 @@ class _Handler(BaseHTTPRequestHandler):
     stub: StripeStub
     server_version = "stripe-stub/1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self._serve("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve("POST")
 
     def _serve(self, method: str) -> None:
@@ -364,7 +356,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet tests
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
@@ -377,9 +369,7 @@ def _decode_form(content_type: str, body: bytes) -> dict[str, Any]:
             f"Content-Type must be application/x-www-form-urlencoded, not {content_type!r}",
         )
     out: dict[str, Any] = {}
-    for raw_key, value in parse_qsl(
-        body.decode(), keep_blank_values=True, strict_parsing=bool(body)
-    ):
+    for raw_key, value in parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body)):
         parts = re.findall(r"[^\[\]]+", raw_key)
         if not parts:
             raise StripeError(400, "invalid_request_error", f"Invalid parameter name {raw_key!r}")

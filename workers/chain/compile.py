@@ -86,9 +86,7 @@ def load_artifact(name: str) -> dict[str, Any]:
     if src.exists():
         digest = hashlib.sha256(src.read_bytes()).hexdigest()
         if digest != artifact["source_sha256"]:
-            raise RuntimeError(
-                f"{artifact_path(name)} is stale: run `python -m workers.chain.compile` and commit it"
-            )
+            raise RuntimeError(f"{artifact_path(name)} is stale: run `python -m workers.chain.compile` and commit it")
     return artifact
 
 

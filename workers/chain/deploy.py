@@ -22,6 +22,8 @@ DEPLOY_GAS = {"TestToken": 1_500_000, "Channels": 2_500_000}
 DEFAULT_FEE_BPS = 500
 DEFAULT_SETTLE_GRACE_S = 24 * 3600
 MAX_FEE_BPS = 1000
+TEST_ERC20_NAME = "Test USD"
+TEST_ERC20_SYMBOL = "TUSD"  # listed in domain.money.SCALES with 6 decimals
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,8 @@ def deploy_all(
     fee_bps: int = DEFAULT_FEE_BPS,
     settle_grace_s: int = DEFAULT_SETTLE_GRACE_S,
     token: str | None = None,
-    token_name: str = "Test USD",
-    token_symbol: str = "TUSD",
+    erc20_name: str = TEST_ERC20_NAME,
+    erc20_symbol: str = TEST_ERC20_SYMBOL,
 ) -> Deployment:
     """Deploy TestToken (unless ``token`` is given: a real stablecoin) and Channels.
 
@@ -91,7 +93,7 @@ def deploy_all(
         nonce = pending_nonce(w3, deployer.address)
         fees = fee_fields(w3)
     if token is None:
-        token, _ = _deploy(chain, deployer, "TestToken", [token_name, token_symbol], nonce, fees)
+        token, _ = _deploy(chain, deployer, "TestToken", [erc20_name, erc20_symbol], nonce, fees)
         nonce += 1
     args = [
         Web3.to_checksum_address(token),

@@ -41,9 +41,7 @@ class Chain:
 def dev_accounts(count: int = DEV_ACCOUNT_COUNT) -> list[LocalAccount]:
     """The development accounts (hardhat's defaults) as signing accounts. Tests/embedded only."""
     Account.enable_unaudited_hdwallet_features()
-    return [
-        Account.from_mnemonic(DEV_MNEMONIC, account_path=f"{DEV_HD_PATH}/{i}") for i in range(count)
-    ]
+    return [Account.from_mnemonic(DEV_MNEMONIC, account_path=f"{DEV_HD_PATH}/{i}") for i in range(count)]
 
 
 def in_process_chain(*, accounts: int = DEV_ACCOUNT_COUNT, chain_id: int = DEV_CHAIN_ID) -> Chain:

@@ -80,7 +80,9 @@ def top_up(
     return send_call(chain, buyer, fn, gas=GAS["top_up"], nonce=nonce, simulate=simulate)
 
 
-def reclaim(chain: Chain, buyer: LocalAccount, channels: str, channel_id: bytes | str, *, nonce: int | None = None) -> str:
+def reclaim(
+    chain: Chain, buyer: LocalAccount, channels: str, channel_id: bytes | str, *, nonce: int | None = None
+) -> str:
     """Buyer takes back an unsettled deposit after expiry + grace (credited, then withdraw)."""
     fn = contract(chain.w3, "Channels", channels).functions.reclaim(channel_id_bytes(channel_id))
     return send_call(chain, buyer, fn, gas=GAS["reclaim"], nonce=nonce, simulate=True)

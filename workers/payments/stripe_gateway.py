@@ -134,9 +134,7 @@ class StripeGateway:
 
     # -- webhooks --------------------------------------------------------------------------
 
-    def verify_webhook(
-        self, payload: bytes, sig_header: str | None, *, tolerance_s: int = 300
-    ) -> dict[str, Any]:
+    def verify_webhook(self, payload: bytes, sig_header: str | None, *, tolerance_s: int = 300) -> dict[str, Any]:
         """Verify a webhook's ``Stripe-Signature`` and return the event as plain data.
 
         Args:
@@ -155,9 +153,7 @@ class StripeGateway:
         if tolerance_s <= 0:
             raise InvalidInput("tolerance_s must be positive", param="tolerance_s")
         try:
-            event = self._client.construct_event(
-                payload, sig_header, self._webhook_secret, tolerance=tolerance_s
-            )
+            event = self._client.construct_event(payload, sig_header, self._webhook_secret, tolerance=tolerance_s)
         except stripe.SignatureVerificationError as exc:
             raise SignatureInvalid(f"Stripe webhook signature rejected: {exc}") from exc
         except (ValueError, TypeError, AttributeError) as exc:  # incl. JSON and UTF-8 errors
@@ -183,9 +179,7 @@ class StripeGateway:
 
     # -- payouts ---------------------------------------------------------------------------
 
-    def create_transfer(
-        self, *, amount_minor: int, currency: str, destination: str, payout_id: str
-    ) -> dict[str, Any]:
+    def create_transfer(self, *, amount_minor: int, currency: str, destination: str, payout_id: str) -> dict[str, Any]:
         """Transfer funds to a connected account, once per payout.
 
         Args:

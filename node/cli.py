@@ -1,0 +1,184 @@
+"""``aim-node``: the self-hosted node agent (keys, enrollment, profiling, publishing).
+
+The passphrase comes from ``AIM_NODE_PASSPHRASE``, ``--passphrase-file`` or a prompt.
+The node's files live in ``--home`` (default ``AIM_NODE_HOME`` or ``~/.aim-node``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from domain.commands.devices import enrollment_message, rotation_message
+from domain.errors import InvalidInput, MarketError
+from domain.keys import KxPrivateKey, SigningKey, b64url
+from node import keystore as ks
+from node.hub_client import HubClient, device_token
+
+EPILOG = """
+first run:
+  aim-node init                                   # make the device keys (asks a passphrase)
+  aim-node enroll --hub http://127.0.0.1:8080 --api-key aim_...   # register them with the hub
+  aim-node whoami                                 # a request signed by the device key
+"""
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home or os.environ.get("AIM_NODE_HOME") or Path.home() / ".aim-node")
+
+
+def _keystore_path(args: argparse.Namespace) -> Path:
+    return _home(args) / "keystore.json"
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> str:
+    if args.passphrase_file:
+        return Path(args.passphrase_file).read_text().rstrip("\n")
+    if os.environ.get("AIM_NODE_PASSPHRASE"):
+        return os.environ["AIM_NODE_PASSPHRASE"]
+    if not sys.stdin.isatty():
+        raise InvalidInput("no passphrase: set AIM_NODE_PASSPHRASE or use --passphrase-file")
+    first = getpass.getpass("keystore passphrase: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise InvalidInput("the passphrases differ")
+    return first
+
+
+def _kdf_limits() -> dict[str, int]:
+    # Tests and demos may choose the cheap profile; real nodes keep the secure default.
+    if os.environ.get("AIM_NODE_KDF_PROFILE") == "test":
+        return {"ops_limit": ks.TEST_OPS_LIMIT, "mem_limit": ks.TEST_MEM_LIMIT}
+    return {}
+
+
+def _load(args: argparse.Namespace) -> ks.Keystore:
+    return ks.load(_keystore_path(args), _passphrase(args))
+
+
+def _enrolled(store: ks.Keystore) -> tuple[str, str]:
+    if not store.device_id or not store.hub_url:
+        raise InvalidInput("this node is not enrolled yet: run `aim-node enroll --hub URL --api-key KEY`")
+    return store.device_id, store.hub_url
+
+
+def _audience(client: HubClient) -> str:
+    return client.request("GET", "/.well-known/ai-market.json")["hub_url"]
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    store = ks.create(_keystore_path(args), _passphrase(args, confirm=True), overwrite=args.force,
+                      **_kdf_limits())
+    _print({"keystore": str(_keystore_path(args)), **store.public_info()})
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get("AIM_API_KEY")
+    if not api_key:
+        raise InvalidInput("give the seller's API key with --api-key or AIM_API_KEY")
+    passphrase = _passphrase(args)
+    store = ks.load(_keystore_path(args), passphrase)
+    client = HubClient(args.hub)
+    me = client.request("GET", "/v1/me", bearer=api_key)
+    challenge = client.request("POST", "/v1/devices/challenges", {}, bearer=api_key)["challenge"]
+    fields = {"challenge": challenge, "name": args.name, "endpoint": args.endpoint,
+              "public_key": store.signing_key.verify_key.to_multibase(),
+              "kx_public_key": store.kx_key.public_key.to_multibase()}
+    message = enrollment_message(account_id=me["account"]["id"], **fields)
+    device = client.request("POST", "/v1/devices", {**fields, "signature": b64url(store.signing_key.sign(message))},
+                            bearer=api_key)
+    ks.save(store.with_enrollment(device_id=device["id"], hub_url=args.hub.rstrip("/")), _keystore_path(args),
+            passphrase, **_kdf_limits())
+    _print({"enrolled": True, "device_id": device["id"], "kid": device["kid"], "hub": args.hub})
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace) -> int:
+    store = _load(args)
+    device_id, hub_url = _enrolled(store)
+    client = HubClient(hub_url)
+    token = device_token(store.signing_key, device_id=device_id, hub_url=_audience(client), now_s=int(time.time()))
+    _print(client.request("GET", "/v1/devices/me", bearer=token))
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    passphrase = _passphrase(args)
+    store = ks.load(_keystore_path(args), passphrase)
+    device_id, hub_url = _enrolled(store)
+    client = HubClient(hub_url)
+    new_key = SigningKey.generate()
+    public_key = new_key.verify_key.to_multibase()
+    kx_public_key = store.kx_key.public_key.to_multibase()
+    signature = store.signing_key.sign(rotation_message(device_id=device_id, public_key=public_key,
+                                                        kx_public_key=kx_public_key))
+    token = device_token(store.signing_key, device_id=device_id, hub_url=_audience(client), now_s=int(time.time()))
+    device = client.request("POST", f"/v1/devices/{device_id}/keys",
+                            {"public_key": public_key, "kx_public_key": kx_public_key,
+                             "signature": b64url(signature)}, bearer=token)
+    rotated = store.rotated(new_key, rotated_at=datetime.now(UTC).isoformat())
+    ks.save(rotated, _keystore_path(args), passphrase, **_kdf_limits())
+    _print({"rotated": True, "kid": device["kid"], "previous_key_valid_for_h": 24})
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from node.profiling import profile_manifest, profile_path, render_text
+
+    report = profile_manifest(args.path) if args.manifest else profile_path(args.path)
+    out = Path(args.out or (Path(args.path).name + ".profile.json"))
+    out.write_text(json.dumps(report, indent=2, sort_keys=True))
+    print(render_text(report))
+    print(f"\nreport written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aim-node", description="The aimarket node agent.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", help="node folder (default $AIM_NODE_HOME or ~/.aim-node)")
+    parser.add_argument("--passphrase-file", help="read the keystore passphrase from this file")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create the device keys (Ed25519 + X25519) in a new keystore")
+    init.add_argument("--force", action="store_true", help="replace an existing keystore (its keys are lost)")
+    init.set_defaults(func=cmd_init)
+    enroll = sub.add_parser("enroll", help="register this node's keys with a hub")
+    enroll.add_argument("--hub", required=True, help="hub URL, e.g. http://127.0.0.1:8080")
+    enroll.add_argument("--api-key", help="the seller's API key (or AIM_API_KEY)")
+    enroll.add_argument("--name", default="my-node", help="a name for this node")
+    enroll.add_argument("--endpoint", default="http://127.0.0.1:9090", help="where buyers reach this node")
+    enroll.set_defaults(func=cmd_enroll)
+    sub.add_parser("whoami", help="ask the hub who we are, with a device-signed token").set_defaults(
+        func=cmd_whoami)
+    sub.add_parser("rotate-key", help="new device key, vouched for by the old one (24 h overlap)").set_defaults(
+        func=cmd_rotate_key)
+    profile = sub.add_parser("profile", help="profile a dataset (CSV/Parquet/JSONL file or folder) locally")
+    profile.add_argument("path")
+    profile.add_argument("--manifest", action="store_true", help="PATH is a model/pipeline manifest")
+    profile.add_argument("--out", help="where to write the JSON report")
+    profile.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MarketError as exc:
+        print(f"error [{exc.code}]: {exc.detail}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

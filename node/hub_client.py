@@ -1,0 +1,64 @@
+"""A small HTTP client for the hub (stdlib only), used by the node agent and by tests.
+
+Problem responses become ``HubError`` carrying the hub's stable ``code``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+from domain.errors import MarketError
+from domain.keys import SigningKey
+from domain.tokens import encode_device_jwt
+
+
+class HubError(MarketError):
+    """Raised when the hub answers with a problem (its code is kept) or cannot be reached."""
+
+    code = "hub_error"
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"hub answered {status} {code}: {detail}")
+        self.status = status
+        self.code = code
+
+
+class HubClient:
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None, *, bearer: str | None = None,
+                headers: dict[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310 - http(s) only
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if bearer:
+            req.add_header("Authorization", f"Bearer {bearer}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                problem = json.loads(raw)
+            except ValueError:
+                problem = {}
+            raise HubError(exc.code, problem.get("code", "http_error"), problem.get("detail", exc.reason)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise HubError(0, "hub_unreachable", f"cannot reach {self.base_url}: {exc}") from None
+        return json.loads(raw) if raw else None
+
+
+def device_token(key: SigningKey, *, device_id: str, hub_url: str, now_s: int, ttl_s: int = 120) -> str:
+    """A fresh EdDSA device token (new jti each time) for one request to the hub."""
+    return encode_device_jwt(key.export_seed(), kid=key.key_id, device_id=device_id, audience=hub_url,
+                             iat_s=now_s, jti=uuid.uuid4().hex, ttl_s=ttl_s)

@@ -1,0 +1,134 @@
+"""``aimarket``: the hub's command line (serve, worker, audit, admin)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+from domain.base import Meta
+from domain.errors import MarketError
+from ops.settings import SettingsError, load_settings
+
+EPILOG = """
+Settings come from the environment. With nothing set, the hub runs embedded: SQLite files
+under ./.aimarket (AIMARKET_DATA_DIR), in-process workers. For production set
+AIMARKET_DATABASE_URL (PostgreSQL), AIMARKET_REDIS_URL and AIMARKET_SECRET (shared by all hosts).
+"""
+
+
+def _runtime() -> Any:
+    from ops.bootstrap import build_runtime
+
+    return build_runtime(load_settings())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ops.serve import HubServer
+
+    settings = load_settings()
+    options = {"bind": args.bind or settings.bind, "workers": args.workers or settings.web_workers}
+    print(f"aimarket hub on http://{options['bind']} (store: {settings.store}, data: {settings.data_dir})",
+          file=sys.stderr)
+    HubServer(settings, options).run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the projection runners (one active per projection across hosts) until SIGTERM."""
+    runtime = _runtime()
+    group = runtime.start_projections()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"aimarket worker: {len(group.runners)} projections", file=sys.stderr)
+    stop.wait()
+    runtime.close()
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from ops.audit import verify_log
+
+    runtime = _runtime()
+    try:
+        report = verify_log(runtime.market)
+    finally:
+        runtime.close()
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    runtime = _runtime()
+    try:
+        for runner in runtime.runners():
+            if args.projection and runner.projection.name != args.projection:
+                continue
+            print(f"{runner.projection.name}: rebuilt from 0, {runner.rebuild()} events")
+    finally:
+        runtime.close()
+    return 0
+
+
+def cmd_grant_role(args: argparse.Namespace) -> int:
+    runtime = _runtime()
+    try:
+        account = runtime.market.grant_role(Meta("operator:cli", "cli").as_dict(), args.email, args.role)
+    finally:
+        runtime.close()
+    print(json.dumps(account))
+    return 0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    runtime = _runtime()
+    try:
+        kid = runtime.market.rotate_platform_key(Meta("operator:cli", "cli").as_dict(), args.purpose)
+    finally:
+        runtime.close()
+    print(f"{args.purpose}: new key {kid}; the previous key is honoured for 24 hours")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aimarket", description="The aimarket hub.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the HTTP API under gunicorn")
+    serve.add_argument("--bind", help="host:port (default 127.0.0.1:8080 or AIMARKET_BIND)")
+    serve.add_argument("--workers", type=int, help="gunicorn worker processes")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("worker", help="run projections (and background jobs) until stopped").set_defaults(
+        func=cmd_worker)
+    audit = sub.add_parser("audit", help="verify the event log; rebuild read models").add_subparsers(
+        dest="audit_command", required=True)
+    audit.add_parser("verify", help="walk the whole log and check it").set_defaults(func=cmd_audit_verify)
+    replay = audit.add_parser("replay", help="rebuild read models from position 0")
+    replay.add_argument("--projection", help="only this projection")
+    replay.set_defaults(func=cmd_audit_replay)
+    admin = sub.add_parser("admin", help="operator tasks").add_subparsers(dest="admin_command", required=True)
+    grant = admin.add_parser("grant-role", help="give an account a role (auditor, admin, ...)")
+    grant.add_argument("email")
+    grant.add_argument("role", choices=["buyer", "seller", "auditor", "admin"])
+    grant.set_defaults(func=cmd_grant_role)
+    rotate = admin.add_parser("rotate-key", help="rotate a platform key (24 h grace for the old one)")
+    rotate.add_argument("purpose", choices=["session", "signing", "kx"])
+    rotate.set_defaults(func=cmd_rotate_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (MarketError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
