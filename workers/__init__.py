@@ -1,0 +1,1 @@
+"""Background work: Dramatiq broker and jobs, and the adapters to the chain and Stripe."""

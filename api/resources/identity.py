@@ -10,9 +10,10 @@ import falcon
 from api.http import meta, principal, read_json
 from api.openapi import obj, op, open_obj
 from domain.account import SELF_SERVICE_ROLES
+from domain.commands.identity import EMAIL_RE
 from domain.errors import InvalidCredentials, InvalidInput, MalformedBody
 
-EMAIL = {"type": "string", "minLength": 3, "maxLength": 320}
+EMAIL = {"type": "string", "minLength": 3, "maxLength": 320, "pattern": EMAIL_RE.pattern}
 PASSWORD = {"type": "string", "minLength": 10, "maxLength": 256}
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 ROLE_LIST = {"type": "array", "items": {"enum": ["buyer", "seller", "auditor", "admin"]}, "minItems": 1,

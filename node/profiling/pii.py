@@ -21,9 +21,6 @@ CHECK_BUDGET_PER_COLUMN = 2048  # distinct values validated in Python per column
 CHECK_BUDGET_PER_BATCH = 256
 SAMPLE_ROWS = 1000  # cells per batch used to classify a column (prose? textual?)
 HIGH_RISK_KINDS = ("payment_card", "iban", "national_id")
-# Kinds whose matched text could contain another kind's pattern; blanked after scanning.
-_BLANK_AFTER = ("email", "iban")
-_SCAN_ORDER = ("email", "iban", "payment_card", "national_id", "phone", "ip_address")
 
 
 @dataclass
@@ -122,7 +119,9 @@ class PiiScanner:
         found = self._scan_structured(column, frame)
         # Names start with a letter; skip the name scans for numeric, date or code columns.
         if sample.len() and sample.str.contains(r"^\p{L}").mean() >= 0.1:
-            names = self._scan_names(column, frame)
+            # A mention needs "First Last": columns of single words cannot hold one.
+            spaced = bool(sample.str.contains(" ", literal=True).mean() >= 0.2)
+            names = self._scan_names(column, frame, spaced)
             if names is not None and names.len():
                 found["person_name"] = names
         return found, free_text
@@ -130,51 +129,66 @@ class PiiScanner:
     def _scan_structured(self, column: ColumnPii, frame: pl.DataFrame) -> dict[str, pl.Series]:
         text = pl.col("v")
         sub = frame.filter(text.str.contains(rules.PREFILTER) & ~text.str.contains(rules.NOT_IDENTIFIER))
+        if not sub.height:
+            return {}
+        # One pass of the combined pattern finds candidates of every kind; leftmost-first
+        # alternation means digits inside an e-mail or IBAN are not re-read as a card.
+        cands = (
+            sub.select("row", text.str.extract_all(rules.COMBINED).alias("c"))
+            .explode("c")
+            .drop_nulls("c")
+            .with_columns(rules.classify(pl.col("c")).alias("kind"))
+            .filter(pl.col("kind").is_not_null())
+        )
         found: dict[str, pl.Series] = {}
-        for kind in _SCAN_ORDER:
-            if not sub.height:
-                break
-            pattern = rules.PATTERNS[kind]
-            # is_match stops at the first hit, so gating is cheaper than extracting everywhere.
-            gate = sub.get_column("v").str.contains(pattern)
-            if not gate.any():
-                continue
-            hits = sub.filter(gate)
-            cands = hits.select("row", text.str.extract_all(pattern).alias("c")).explode("c").drop_nulls("c")
+        for kind, group in cands.group_by("kind", maintain_order=True):
+            kind = kind[0]
             if kind == "ip_address":
-                cands = cands.filter(_plausible_ip(pl.col("c")))
-            if cands.height:
-                stats = column.kinds[kind]
-                ok = self._validate(kind, cands.get_column("c"), stats)
-                valid = int(ok.sum())
-                rows = _rows(cands.get_column("row"), ok)
-                stats.candidates += cands.height
-                stats.valid += valid
-                stats.rows += rows.len()
-                if valid and valid * 2 >= cands.height:
-                    found[kind] = rows
-            if kind in _BLANK_AFTER:
-                sub = pl.concat([sub.filter(~gate), hits.with_columns(text.str.replace_all(pattern, " "))])
+                group = group.filter(_plausible_ip(pl.col("c")))
+                if not group.height:
+                    continue
+            stats = column.kinds[kind]
+            ok = self._validate(kind, group.get_column("c"), stats)
+            valid = int(ok.sum())
+            rows = _rows(group.get_column("row"), ok)
+            stats.candidates += group.height
+            stats.valid += valid
+            stats.rows += rows.len()
+            if valid and valid * 2 >= group.height:
+                found[kind] = rows
         return found
 
     @staticmethod
     def _validate(kind: str, cands: pl.Series, stats: KindStats) -> pl.Series:
         if kind in rules.VECTOR_VALIDATORS:
             return rules.VECTOR_VALIDATORS[kind](cands)
+        if kind == "ip_address":
+            # IPv4 candidates were fully checked by the pattern; only IPv6 needs ipaddress.
+            is_v4 = cands.str.contains(".", literal=True)
+            if is_v4.all():
+                return is_v4
+            ok = is_v4.clone()
+            v6 = PiiScanner._validate_python(kind, cands.filter(~is_v4), stats)
+            return ok.scatter((~is_v4).arg_true(), v6)
+        return PiiScanner._validate_python(kind, cands, stats)
+
+    @staticmethod
+    def _validate_python(kind: str, cands: pl.Series, stats: KindStats) -> pl.Series:
         budget = min(CHECK_BUDGET_PER_BATCH, CHECK_BUDGET_PER_COLUMN - stats.checked)
         prior = stats.valid * 2 >= stats.candidates > 0
         ok, checked = rules.validate_sampled(cands, rules.PYTHON_VALIDATORS[kind], budget, prior)
         stats.checked += checked
         return ok
 
-    def _scan_names(self, column: ColumnPii, frame: pl.DataFrame) -> pl.Series | None:
+    def _scan_names(self, column: ColumnPii, frame: pl.DataFrame, spaced: bool) -> pl.Series | None:
         text = pl.col("v")
-        first = text.str.extract(r"^(\p{L}+)", 1).str.to_lowercase()
         flags = frame.select(
             "row",
             text.is_not_null().alias("present"),
             text.str.contains(rules.NAME_CELL).fill_null(False).alias("shaped"),
-            (text.str.contains(rules.NAME_CELL) & first.is_in(self.names)).fill_null(False).alias("listed"),
+            text.str.extract(r"^(\p{L}+)", 1).alias("first"),
+        ).with_columns(
+            (pl.col("shaped") & pl.col("first").str.to_lowercase().is_in(self.names)).alias("listed")
         )
         present, shaped, listed = (int(flags.get_column(c).sum()) for c in ("present", "shaped", "listed"))
         column.present += present
@@ -182,7 +196,7 @@ class PiiScanner:
         column.listed += listed
         if column.name_cells_accepted(present, shaped, listed):
             return flags.filter("shaped").get_column("row")
-        return self._scan_mentions(column, frame)
+        return self._scan_mentions(column, frame) if spaced else None
 
     def _scan_mentions(self, column: ColumnPii, frame: pl.DataFrame) -> pl.Series | None:
         text = pl.col("v")

@@ -48,6 +48,26 @@ PATTERNS = {
     ),
 }
 STRUCTURED_KINDS = tuple(PATTERNS)
+_ORDER = ("email", "iban", "payment_card", "national_id", "phone", "ip_address")
+COMBINED = "|".join(f"(?:{PATTERNS[kind]})" for kind in _ORDER)
+
+
+def classify(candidate: pl.Expr) -> pl.Expr:
+    """Which kind's alternative produced a COMBINED match, from the match's own shape."""
+    return (
+        pl.when(candidate.str.contains("@", literal=True))
+        .then(pl.lit("email"))
+        .when(candidate.str.contains(r"^[A-Z]{2}\d{2}"))
+        .then(pl.lit("iban"))
+        .when(candidate.str.contains(r"^[+(]|^\d{3}[.-]\d{3}[.-]\d{4}$"))
+        .then(pl.lit("phone"))
+        .when(candidate.str.contains(r"^\d{3}-\d{2}-\d{4}$"))
+        .then(pl.lit("national_id"))
+        .when(candidate.str.contains(r"[:.]"))
+        .then(pl.lit("ip_address"))
+        .when(candidate.str.contains(r"^[\d -]+$"))
+        .then(pl.lit("payment_card"))
+    )
 
 NAME_CELL = r"^\p{Lu}[\p{L}'’-]+(?:\s\p{Lu}[\p{L}'’.-]*){0,3}$"
 # Runs of two or more capitalised words; a run names a person when a word other than
