@@ -1,0 +1,247 @@
+"""Profiling: quality components, folders, errors, manifests, rendering, bounded memory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from domain.errors import InvalidInput
+from node.profiling import profile_manifest, profile_path, render_text
+from node.profiling.sketch import DistinctSketch, DuplicateRowSketch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def base_frame(n: int = 200) -> pl.DataFrame:
+    return pl.DataFrame({
+        "order_id": [str(i) for i in range(n)],
+        "email": [f"user{i}@example.com" for i in range(n)],
+        "amount": [f"{i * 1.5:.2f}" for i in range(n)],
+        "status": [["paid", "open"][i % 2] for i in range(n)],
+    })
+
+
+def quality_of(tmp_path: Path, frame: pl.DataFrame, name: str) -> dict:
+    path = tmp_path / f"{name}.csv"
+    frame.write_csv(path)
+    return profile_path(path)["quality"]
+
+
+def test_quality_components_react(tmp_path):
+    base = quality_of(tmp_path, base_frame(), "base")
+    assert base["components"] == {"completeness": 100, "uniqueness": 100, "validity": 100, "consistency": 100}
+    assert base["score"] == 100
+    assert base["weights"] == {"completeness": 0.3, "uniqueness": 0.2, "validity": 0.3, "consistency": 0.2}
+
+    nulls = base_frame().with_columns(pl.when(pl.int_range(200) % 4 == 0).then(None).otherwise(pl.col("status")).alias("status"))
+    q = quality_of(tmp_path, nulls, "nulls")
+    assert q["components"]["completeness"] < 100 and q["score"] < base["score"]
+
+    dups = pl.concat([base_frame(), base_frame().head(50)])
+    q = quality_of(tmp_path, dups, "dups")
+    assert q["components"]["uniqueness"] == 80  # 50 of 250 rows repeat an earlier row
+
+    invalid = base_frame().with_columns(
+        pl.when(pl.int_range(200) % 5 == 0).then(pl.lit("user..x@@broken")).otherwise(pl.col("email")).alias("email")
+    )
+    q = quality_of(tmp_path, invalid, "invalid")
+    assert q["components"]["validity"] < 100 and q["components"]["consistency"] == 100
+
+    mixed = base_frame().with_columns(
+        pl.when(pl.int_range(200) % 4 == 0).then(pl.lit("n/a-ish")).otherwise(pl.col("amount")).alias("amount")
+    )
+    q = quality_of(tmp_path, mixed, "mixed")
+    assert q["components"]["consistency"] < 100
+
+
+def test_profile_is_deterministic(tmp_path):
+    path = tmp_path / "d.csv"
+    base_frame().write_csv(path)
+    assert profile_path(path) == profile_path(path)
+
+
+def test_folder_profile_and_content_hash(tmp_path):
+    folder = tmp_path / "shop_orders"
+    (folder / "more").mkdir(parents=True)
+    base_frame(100).write_csv(folder / "a.csv")
+    base_frame(50).write_parquet(folder / "more" / "b.parquet")
+    base_frame(25).write_ndjson(folder / "c.jsonl")
+    (folder / "README.txt").write_text("ignored")
+    report = profile_path(folder)
+    assert [f["name"] for f in report["files"]] == ["a.csv", "c.jsonl", "more/b.parquet"]
+    assert [f["rows"] for f in report["files"]] == [100, 25, 50]
+    assert report["rows"] == 175
+    assert report["size_bytes"] == sum(f["size_bytes"] for f in report["files"])
+    expected = hashlib.sha256()
+    for name in sorted(["a.csv", "c.jsonl", "more/b.parquet"]):
+        expected.update(name.encode() + b"\x00" + hashlib.sha256((folder / name).read_bytes()).digest() + b"\n")
+    assert report["content_hash"] == "sha256-" + base64.b64encode(expected.digest()).decode()
+    for entry in report["files"]:
+        assert entry["sha256"] == hashlib.sha256((folder / entry["name"]).read_bytes()).hexdigest()
+    assert report["title"].startswith("Shop orders")
+    assert {"csv", "parquet", "jsonl", "dataset"} <= set(report["tags"])
+    assert report["generated_by"] == "deterministic-v1"
+    assert report["report_version"] == 1 and report["kind"] == "dataset"
+
+
+def test_bad_inputs_raise_invalid_input(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InvalidInput, match="unsupported file type"):
+        profile_path(tmp_path / "notes.txt")
+    with pytest.raises(InvalidInput, match="does not exist"):
+        profile_path(tmp_path / "missing.csv")
+    with pytest.raises(InvalidInput, match="no CSV, Parquet or JSONL"):
+        profile_path(tmp_path)
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    with pytest.raises(InvalidInput, match="cannot read broken.parquet"):
+        profile_path(tmp_path / "broken.parquet")
+    (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(InvalidInput, match="cannot read broken.jsonl"):
+        profile_path(tmp_path / "broken.jsonl")
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4,5,6\n")
+    with pytest.raises(InvalidInput, match="cannot read ragged.csv"):
+        profile_path(tmp_path / "ragged.csv")
+
+
+def test_error_messages_do_not_quote_data(tmp_path):
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\nsecret-value@example.com,4,5,6\n")
+    with pytest.raises(InvalidInput) as caught:
+        profile_path(tmp_path / "ragged.csv")
+    assert "secret-value" not in str(caught.value)
+
+
+MANIFEST = {
+    "name": "invoice-extractor",
+    "kind": "pipeline",
+    "framework": "onnxruntime",
+    "size_bytes": 48_000_000,
+    "input_schema": {"type": "object", "properties": {"pdf": {"type": "string"}}},
+    "output_schema": {"type": "object", "properties": {"total": {"type": "number"}, "currency": {"type": "string"}}},
+    "licence": "Apache-2.0",
+    "metering_unit": "page",
+    "description": "Extracts totals from invoices",
+}
+
+
+def test_manifest_json_and_toml(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(MANIFEST))
+    report = profile_manifest(path)
+    assert report["kind"] == "pipeline" and report["report_version"] == 1
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    assert report["content_hash"] == "sha256-" + base64.b64encode(digest).decode()
+    assert report["metering_unit"] == "page" and report["licence"] == "Apache-2.0"
+    assert report["title"] == "Invoice extractor (onnxruntime pipeline)"
+    assert "apache-2-0" in report["tags"] and "per-page" in report["tags"]
+    assert "Extracts totals from invoices." in report["description"]
+    assert "Framework: onnxruntime" in render_text(report)
+
+    toml = tmp_path / "model.toml"
+    toml.write_text(textwrap.dedent("""
+        name = "tiny-sentiment"
+        framework = "pytorch"
+        size_bytes = 1200
+        license = "MIT"
+        metering_unit = "request"
+        input_schema = ["text"]
+        output_schema = ["label", "score"]
+    """))
+    report = profile_manifest(toml)
+    assert report["kind"] == "model" and report["licence"] == "MIT"
+    assert report["files"][0]["format"] == "toml"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"name": ""}, "name"),
+        ({"size_bytes": -1}, "size_bytes"),
+        ({"size_bytes": "big"}, "size_bytes"),
+        ({"input_schema": {}}, "input_schema"),
+        ({"metering_unit": "Per Page!"}, "metering_unit"),
+        ({"kind": "dataset"}, "kind"),
+        ({"licence": None}, "licence"),
+    ],
+)
+def test_manifest_invalid_fields(tmp_path, change, param):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({**MANIFEST, **change}))
+    with pytest.raises(InvalidInput) as caught:
+        profile_manifest(path)
+    assert caught.value.param == param
+
+
+def test_manifest_bad_files(tmp_path):
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        profile_manifest(tmp_path / "m.json")
+    (tmp_path / "m.yaml").write_text("a: 1")
+    with pytest.raises(InvalidInput, match=".json or .toml"):
+        profile_manifest(tmp_path / "m.yaml")
+
+
+def test_render_text_is_readable(tmp_path):
+    path = tmp_path / "orders.csv"
+    base_frame().write_csv(path)
+    text = render_text(profile_path(path))
+    assert text.startswith("Orders (200 rows, 4 columns)")
+    assert "PII verdict: HIGH" in text and "Quality score: 100/100" in text
+    assert "email" in text and "Schema preview:" in text
+
+
+def test_sketches_are_close_and_bounded():
+    sketch = DistinctSketch(cap=4096)
+    for start in range(0, 200_000, 50_000):
+        sketch.add(pl.Series([f"v{i}" for i in range(start, start + 50_000)]))
+        sketch.add(pl.Series([f"v{i}" for i in range(0, 1000)]))  # repeats do not count
+    assert sketch.hashes.len() <= 4096 and not sketch.exact
+    assert sketch.estimate() == pytest.approx(200_000, rel=0.08)
+    rows = DuplicateRowSketch(cap=4096)
+    frame = pl.DataFrame({"a": list(range(100_000))})
+    rows.add(frame)
+    rows.add(frame.head(25_000))
+    assert rows.counts.height <= 4096
+    assert rows.duplicate_share() == pytest.approx(0.2, abs=0.03)
+
+
+MEMORY_CHILD = """
+import json, resource, sys
+import node.profiling
+from node.profiling import profile_path
+import polars as pl
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+report = profile_path(sys.argv[1])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rows": report["rows"], "growth_kb": peak - base}))
+"""
+
+
+def test_memory_stays_bounded_on_a_large_file(tmp_path):
+    n = 400_000
+    frame = pl.select(
+        pl.int_range(n).alias("id"),
+        pl.format("user{}@example.com", pl.int_range(n)).alias("email"),
+        pl.lit("some free text about the order and delivery").alias("note"),
+        (pl.int_range(n) * 3 % 1000).alias("amount"),
+    )
+    path = tmp_path / "big.csv"
+    with open(path, "wb") as handle:
+        for _ in range(2):
+            frame.write_csv(handle, include_header=handle.tell() == 0)
+    size = path.stat().st_size
+    assert size > 50_000_000
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(path)], capture_output=True, text=True, cwd=REPO, check=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    result = json.loads(done.stdout)
+    assert result["rows"] == 2 * n
+    assert result["growth_kb"] * 1024 < 0.75 * size, result
