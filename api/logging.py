@@ -12,7 +12,7 @@ _configured = False
 
 def configure(fmt: str = "json") -> None:
     """Configure once per process (idempotent); called by factories, never at import."""
-    global _configured  # noqa: PLW0603 - process-wide logging set-up, like logging.basicConfig
+    global _configured
     if _configured:
         return
     renderer = (structlog.dev.ConsoleRenderer() if fmt == "console" and sys.stderr.isatty()

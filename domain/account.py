@@ -32,7 +32,7 @@ class Account(MarketAggregate):
     """A marketplace account and the credentials it owns."""
 
     @event("Registered")
-    def __init__(self, id: UUID, meta: dict, email: str, password_hash: str, roles: list[str]) -> None:  # noqa: A002
+    def __init__(self, id: UUID, meta: dict, email: str, password_hash: str, roles: list[str]) -> None:
         self.email = email
         self.password_hash = password_hash
         self.roles = list(roles)

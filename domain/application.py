@@ -20,11 +20,13 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.account import Account
 from domain.base import MarketAggregate, Meta
+from domain.commands.catalogue import CatalogueCommands
 from domain.commands.devices import DeviceCommands
 from domain.commands.identity import IdentityCommands
 from domain.device import Device
 from domain.errors import Conflict, NotFound
 from domain.keyring import KEYRING_ID, Keyring
+from domain.listing import Listing
 from domain.ports import NonceStore
 from domain.secrets import PlatformSecrets
 
@@ -38,14 +40,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Marketplace(IdentityCommands, DeviceCommands, Application[UUID]):
+class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, Application[UUID]):
     """Every command of the marketplace; the single writer of the event log."""
 
     name = "aimarket"
     # Long-lived aggregates snapshot so loading stays fast as their streams grow.
-    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50}  # noqa: RUF012
+    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50, Listing: 50}  # noqa: RUF012
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self, env: dict[str, str], *, secrets: PlatformSecrets, hub_url: str,
         nonces: NonceStore, clock: Callable[[], datetime] = utcnow, bcrypt_rounds: int = 12,
         session_ttl_s: int = 3600,
@@ -85,7 +87,7 @@ class Marketplace(IdentityCommands, DeviceCommands, Application[UUID]):
                 return command()
             except IntegrityError:
                 # Jittered back-off so racing hosts do not collide again in lockstep.
-                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # noqa: S311
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise Conflict("the resource changed concurrently; retry the request")
 
     def keyring(self) -> Keyring:

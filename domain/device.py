@@ -23,8 +23,8 @@ class Device(MarketAggregate):
     """An enrolled node: its owner, endpoint and the history of its keys."""
 
     @event("Enrolled")
-    def __init__(  # noqa: PLR0913
-        self, id: UUID, meta: dict, account_id: str, name: str, public_key: str,  # noqa: A002
+    def __init__(
+        self, id: UUID, meta: dict, account_id: str, name: str, public_key: str,
         kid: str, kx_public_key: str, endpoint: str,
     ) -> None:
         self.account_id = account_id
@@ -39,7 +39,7 @@ class Device(MarketAggregate):
     def current_key(self) -> dict[str, Any]:
         return self.keys[-1]
 
-    def rotate_key(  # noqa: PLR0913
+    def rotate_key(
         self, meta: dict, *, public_key: str, kid: str, kx_public_key: str,
         signature: str, at_s: int, grace_s: int = ROTATION_GRACE_S,
     ) -> None:
@@ -53,7 +53,7 @@ class Device(MarketAggregate):
         )
 
     @event("KeyRotated")
-    def _key_rotated(  # noqa: PLR0913
+    def _key_rotated(
         self, meta: dict, public_key: str, kid: str, kx_public_key: str,
         signature: str, previous_kid: str, previous_valid_until_s: int,
     ) -> None:

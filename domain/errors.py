@@ -171,3 +171,32 @@ class Unavailable(MarketError):
     code = "unavailable"
     status = 503
     title = "Service unavailable"
+
+
+class NonceReplayed(TokenReplayed):
+    """Raised when a signed credential's proof ``nonce`` was already used by that device."""
+
+    code = "nonce_replayed"
+    title = "Credential nonce already used"
+
+
+class CredentialStale(Unauthenticated):
+    """Raised when a credential's proof ``created`` is outside the hub's replay window (±5 min)."""
+
+    code = "credential_stale"
+    title = "Credential too old or from the future"
+
+
+class ForeignDevice(Forbidden):
+    """Raised when a credential is signed by another device than the authenticated one
+    (for instance a device of another seller)."""
+
+    code = "foreign_device"
+    title = "Credential signed by another device"
+
+
+class NotListingOwner(Forbidden):
+    """Raised when a seller updates or delists a listing that another seller owns."""
+
+    code = "not_listing_owner"
+    title = "Listing owned by another seller"

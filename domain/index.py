@@ -18,7 +18,7 @@ class Index(MarketAggregate):
     """Maps one natural key (an e-mail, a key id) to the id of the aggregate that owns it."""
 
     @event("Created")
-    def __init__(self, id: UUID, meta: dict, kind: str, target_id: str) -> None:  # noqa: A002
+    def __init__(self, id: UUID, meta: dict, kind: str, target_id: str) -> None:
         self.kind = kind
         self.target_id = target_id
         self.retired = False

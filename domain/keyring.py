@@ -25,7 +25,7 @@ class Keyring(MarketAggregate):
     """Current and previous key ids per purpose (HS256 sessions, Ed25519 signing, X25519)."""
 
     @event("Created")
-    def __init__(self, id: UUID, meta: dict) -> None:  # noqa: A002
+    def __init__(self, id: UUID, meta: dict) -> None:
         self.purposes: dict[str, dict[str, Any]] = {
             p: {"current": f"{p}-1", "previous": None, "previous_valid_until_s": 0} for p in PURPOSES
         }

@@ -76,7 +76,7 @@ def decode_hs256(token: str, key: bytes, *, audience: str, now_s: int, typs: tup
 
 
 # -- EdDSA device tokens ---------------------------------------------------------------------
-def encode_device_jwt(  # noqa: PLR0913
+def encode_device_jwt(
     seed: bytes, *, kid: str, device_id: str, audience: str, iat_s: int, jti: str, ttl_s: int = 120
 ) -> str:
     """Sign a device token with the node's Ed25519 key (32-byte seed)."""

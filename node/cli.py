@@ -18,7 +18,7 @@ from typing import Any
 
 from domain.commands.devices import enrollment_message, rotation_message
 from domain.errors import InvalidInput, MarketError
-from domain.keys import KxPrivateKey, SigningKey, b64url
+from domain.keys import SigningKey, b64url
 from node import keystore as ks
 from node.hub_client import HubClient, device_token
 

@@ -180,7 +180,7 @@ class PostgresViewDB(ViewDB):
 
 
 def _register_psycopg_errors() -> None:
-    global TRANSIENT_ERRORS  # noqa: PLW0603 - extended once, read everywhere
+    global TRANSIENT_ERRORS
     try:
         import psycopg
         import psycopg_pool

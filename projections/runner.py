@@ -115,7 +115,7 @@ class PgRunnerLock:
 class ProjectionRunner:
     """Feeds one projection from the application's log. Holds no state another host needs."""
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self, projection: Projection, *, recorder: Any, mapper: Any, views: ViewDB, lock: RunnerLock,
         batch_size: int = 500, poll_s: float = 0.5,
     ) -> None:

@@ -11,17 +11,17 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
-from falcon import testing
-from psycopg import sql
-
 from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder
+from falcon import testing
 from freezegun.api import FakeDatetime
+from psycopg import sql
 
 from api.app import create_app
 from domain.application import Marketplace
 from ops.bootstrap import Runtime, build_runtime
 from ops.settings import Settings
 from tests.stubs import stripe_stub_fixture  # noqa: F401  (fixture named stripe_stub)
+
 
 class _FakeDatetimeAsISO(DatetimeAsISO):
     """Under freezegun the library's timestamps are FakeDatetime; store them like datetimes."""

@@ -70,7 +70,7 @@ class DeviceCommands:
         return {"challenge": tokens.encode_hs256(claims, self.secrets.session_key(kid), kid),
                 "expires_in": CHALLENGE_TTL_S}
 
-    def enroll_device(  # noqa: PLR0913
+    def enroll_device(
         self: Marketplace, meta: dict, account_id: str, *, challenge: str, name: str,
         public_key: str, kx_public_key: str, endpoint: str, signature: str,
     ) -> dict[str, Any]:
@@ -142,7 +142,7 @@ class DeviceCommands:
         account = self.account(device.account_id)
         return Principal("device", device.account_id, tuple(account.roles), device_id=str(device.id))
 
-    def rotate_device_key(  # noqa: PLR0913
+    def rotate_device_key(
         self: Marketplace, meta: dict, principal: Principal, device_id: str, *,
         public_key: str, kx_public_key: str, signature: str,
     ) -> dict[str, Any]:
