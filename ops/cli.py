@@ -38,14 +38,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run the projection runners (one active per projection across hosts) until SIGTERM."""
+    """Projection runners (one active per projection across hosts), a Dramatiq worker and
+    the cron loop, until SIGTERM."""
+    from dramatiq import Worker
+
+    from workers.broker import build_broker
+    from workers.cron import Cron
+    from workers.jobs import Jobs, schedules
+
     runtime = _runtime()
     group = runtime.start_projections()
+    broker = build_broker(runtime.settings)
+    jobs = Jobs(broker, lambda: runtime)
+    worker = Worker(broker, worker_threads=args.threads)
+    worker.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"aimarket worker: {len(group.runners)} projections", file=sys.stderr)
+    cron = Cron(runtime.views, schedules(jobs), clock_s=runtime.market.now_s)
+    cron_thread = threading.Thread(target=cron.run, args=(stop,), daemon=True, name="cron")
+    cron_thread.start()
+    print(f"aimarket worker: {len(group.runners)} projections, queues {sorted(broker.get_declared_queues())}",
+          file=sys.stderr)
     stop.wait()
+    worker.stop()
     runtime.close()
     return 0
 
@@ -102,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help="host:port (default 127.0.0.1:8080 or AIMARKET_BIND)")
     serve.add_argument("--workers", type=int, help="gunicorn worker processes")
     serve.set_defaults(func=cmd_serve)
-    sub.add_parser("worker", help="run projections (and background jobs) until stopped").set_defaults(
-        func=cmd_worker)
+    worker = sub.add_parser("worker", help="run projections, background jobs and cron until stopped")
+    worker.add_argument("--threads", type=int, default=4, help="Dramatiq worker threads")
+    worker.set_defaults(func=cmd_worker)
     audit = sub.add_parser("audit", help="verify the event log; rebuild read models").add_subparsers(
         dest="audit_command", required=True)
     audit.add_parser("verify", help="walk the whole log and check it").set_defaults(func=cmd_audit_verify)

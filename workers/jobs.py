@@ -4,12 +4,16 @@ idempotent, so a redelivered message changes nothing (Dramatiq delivers at least
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import structlog
 
+if TYPE_CHECKING:
+    from workers.cron import Schedule
+
 log = structlog.get_logger("workers")
+NONCE_SWEEP_EVERY_S = 600
 
 
 class Jobs:
@@ -32,3 +36,10 @@ class Jobs:
         removed = self.runtime.nonces.sweep()
         log.info("job.sweep_nonces", removed=removed)
         return removed
+
+
+def schedules(jobs: Jobs) -> list[Schedule]:
+    """What the cron loop enqueues, and how often."""
+    from workers.cron import Schedule
+
+    return [Schedule("sweep_nonces", NONCE_SWEEP_EVERY_S, jobs.sweep_nonces.send)]

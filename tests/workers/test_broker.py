@@ -38,3 +38,22 @@ def test_embedded_default_uses_the_in_process_broker(make_settings) -> None:
     from dramatiq.brokers.stub import StubBroker
 
     assert isinstance(build_broker(make_settings("sqlite")), StubBroker)
+
+
+def test_cron_fires_once_across_hosts(make_settings, store) -> None:
+    from workers.cron import Cron, Schedule
+
+    runtime = build_runtime(make_settings(store))
+    try:
+        fired: list[str] = []
+        now = {"s": 1000}
+        host_a = Cron(runtime.views, [Schedule("job", 60, lambda: fired.append("a"))], clock_s=lambda: now["s"])
+        host_b = Cron(runtime.views, [Schedule("job", 60, lambda: fired.append("b"))], clock_s=lambda: now["s"])
+        assert host_a.tick() == ["job"] and host_b.tick() == []
+        now["s"] += 30
+        assert host_a.tick() == [] and host_b.tick() == []
+        now["s"] += 30
+        assert host_b.tick() == ["job"] and host_a.tick() == []
+        assert fired == ["a", "b"]
+    finally:
+        runtime.close()
