@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import Any
 
+from api.logging import configure
 from domain.base import Meta
 from domain.errors import MarketError
 from ops.settings import SettingsError, load_settings
@@ -47,6 +48,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.jobs import Jobs, schedules
 
     runtime = _runtime()
+    configure(runtime.settings.log_format)
     group = runtime.start_projections()
     broker = build_broker(runtime.settings)
     jobs = Jobs(broker, lambda: runtime)

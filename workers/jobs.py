@@ -31,11 +31,9 @@ class Jobs:
             self._runtime = self._runtime_factory()
         return self._runtime
 
-    def _sweep_nonces(self) -> int:
+    def _sweep_nonces(self) -> None:
         """Cron: forget single-use values whose time-to-live has passed."""
-        removed = self.runtime.nonces.sweep()
-        log.info("job.sweep_nonces", removed=removed)
-        return removed
+        log.info("job.sweep_nonces", removed=self.runtime.nonces.sweep())
 
 
 def schedules(jobs: Jobs) -> list[Schedule]:
