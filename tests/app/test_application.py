@@ -1,0 +1,71 @@
+"""Application-level behaviour: bounded retries on lost races, request ids as correlation,
+the audit walk, settings errors."""
+
+from __future__ import annotations
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from domain.errors import Conflict
+from ops.audit import verify_log
+from ops.bootstrap import platform_secret
+from ops.settings import Settings, SettingsError, load_settings
+from tests.helpers import register
+
+
+def test_lost_races_retry_then_answer_conflict(runtime) -> None:
+    attempts = {"n": 0}
+
+    def always_loses() -> None:
+        attempts["n"] += 1
+        raise IntegrityError("version conflict")
+
+    with pytest.raises(Conflict) as info:
+        runtime.market.retrying(always_loses, attempts=4)
+    assert attempts["n"] == 4 and info.value.status == 409
+
+
+def test_lost_race_then_success_on_fresh_state(runtime) -> None:
+    attempts = {"n": 0}
+
+    def wins_second_time() -> str:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise IntegrityError("version conflict")
+        return "ok"
+
+    assert runtime.market.retrying(wins_second_time) == "ok"
+
+
+def test_request_id_is_echoed_and_becomes_the_correlation_id(client, runtime) -> None:
+    r = client.simulate_post("/v1/accounts", json={"email": "corr@example.com", "password": "long enough pw"},
+                             headers={"X-Request-Id": "req-12345678"})
+    assert r.status_code == 201 and r.headers["X-Request-Id"] == "req-12345678"
+    events = [runtime.market.mapper.to_domain_event(n)
+              for n in runtime.market.recorder.select_notifications(start=None, limit=100)]
+    assert {e.meta["correlation_id"] for e in events} == {"req-12345678"}
+    assert {e.meta["actor"] for e in events} == {"anonymous"}
+    bad = client.simulate_get("/v1/me", headers={"X-Request-Id": "bad id with spaces"})
+    assert bad.json["request_id"] == bad.headers["X-Request-Id"] != "bad id with spaces"
+
+
+def test_audit_verify_walks_the_whole_log(client, runtime) -> None:
+    for _ in range(3):
+        register(client)
+    report = verify_log(runtime.market)
+    assert report["ok"] and report["events"] == 6 and report["streams"] == 6
+
+
+def test_settings_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="AIMARKET_BCRYPT_ROUNDS"):
+        load_settings({"AIMARKET_BCRYPT_ROUNDS": "many"})
+    with pytest.raises(SettingsError, match="AIMARKET_DB_SCHEMA"):
+        load_settings({"AIMARKET_DB_SCHEMA": "Robert'); DROP"})
+    with pytest.raises(SettingsError, match="AIMARKET_SECRET"):
+        platform_secret(Settings(secret_hex="abcd"))
+    with pytest.raises(SettingsError, match="required with PostgreSQL"):
+        platform_secret(Settings(database_url="postgresql://root@127.0.0.1/test"))
+    embedded = Settings(data_dir=tmp_path / "d")
+    secret = platform_secret(embedded)
+    assert platform_secret(embedded) == secret and len(secret) == 32
+    assert (tmp_path / "d" / "platform.secret").stat().st_mode & 0o777 == 0o600
