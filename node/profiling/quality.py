@@ -61,8 +61,8 @@ def score(columns: list[tuple[ColumnStats, int | None]], rows: int, duplicate_sh
     }
     total = sum(WEIGHTS[name] * value for name, value in parts.items())
     return {
-        "score": int(round(100 * total)),
-        "components": {name: int(round(100 * value)) for name, value in parts.items()},
+        "score": round(100 * total),
+        "components": {name: round(100 * value) for name, value in parts.items()},
         "weights": dict(WEIGHTS),
     }
 

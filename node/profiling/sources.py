@@ -24,9 +24,9 @@ from domain.errors import InvalidInput
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 BATCH_ROWS = 100_000
 # JSONL is cut on line boundaries ourselves; a JSON line cannot contain a raw newline.
-JSONL_CHUNK_BYTES = 16 * 1024 * 1024
+JSONL_CHUNK_BYTES = 8 * 1024 * 1024
 HASH_BLOCK_BYTES = 4 * 1024 * 1024
-CSV_BLOCK_BYTES = 16 * 1024 * 1024
+CSV_BLOCK_BYTES = 8 * 1024 * 1024
 
 
 @dataclass

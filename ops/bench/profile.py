@@ -72,7 +72,7 @@ PHRASES = [
 CARDS = ["4111 1111 1111 1111", "5500 0000 0000 0004", "3400 0000 0000 009", "6011 0000 0000 0004"]
 
 
-def _chunk(rows: int, offset: int, rng) -> "pl.DataFrame":  # noqa: F821 - polars imported lazily
+def _chunk(rows: int, offset: int, rng) -> pl.DataFrame:  # noqa: F821 - polars imported lazily
     import numpy as np
     import polars as pl
 

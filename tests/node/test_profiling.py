@@ -11,9 +11,7 @@ from stdnum import iban as stdnum_iban
 from stdnum import luhn
 from stdnum.us import ssn as stdnum_ssn
 
-from domain.errors import InvalidInput
-from node.profiling import PII_KINDS, profile_path, render_text
-from node.profiling import pii_rules
+from node.profiling import PII_KINDS, pii_rules, profile_path, render_text
 
 ROWS = 60
 FIRST = ["Alice", "John", "Maria", "David", "Emma", "Liam", "Sophia", "Noah", "Olivia", "Lucas"]
