@@ -13,7 +13,7 @@ import structlog
 from api import errors
 from api.logging import configure
 from api.openapi import build_spec
-from api.resources import audit, devices, identity, system
+from api.resources import audit, catalogue, devices, identity, money, system
 from ops.bootstrap import Runtime, build_runtime
 from ops.settings import Settings, load_settings
 
@@ -70,6 +70,26 @@ def route_table() -> list[tuple[str, object]]:
         ("/v1/devices/{device_id}", devices.Device()),
         ("/v1/devices/{device_id}/keys", devices.DeviceKeys()),
         ("/v1/audit/events", audit.AuditEvents()),
+        ("/v1/listings", catalogue.Listings()),
+        ("/v1/listings/{listing_id}", catalogue.Listing()),
+        ("/v1/search", catalogue.Search()),
+        ("/v1/categories", catalogue.Categories()),
+        *money_routes(),
+    ]
+
+
+def money_routes() -> list[tuple[str, object]]:
+    return [
+        ("/v1/me/wallet", money.Wallet()),
+        ("/v1/channels", money.Channels()),
+        ("/v1/channels/{channel_id}", money.Channel()),
+        ("/v1/channels/{channel_id}/top-ups", money.TopUps()),
+        ("/v1/channels/{channel_id}/debits", money.Debits()),
+        ("/v1/channels/{channel_id}/close", money.Close()),
+        ("/v1/webhooks/stripe", money.StripeWebhook()),
+        ("/v1/balances", money.Balances()),
+        ("/v1/statements", money.Statements()),
+        ("/v1/me/payout-destination", money.PayoutDestination()),
     ]
 
 

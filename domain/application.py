@@ -23,6 +23,7 @@ from domain.base import MarketAggregate, Meta
 from domain.commands.catalogue import CatalogueCommands
 from domain.commands.devices import DeviceCommands
 from domain.commands.identity import IdentityCommands
+from domain.commands.money import MoneyCommands
 from domain.device import Device
 from domain.errors import Conflict, NotFound
 from domain.keyring import KEYRING_ID, Keyring
@@ -40,7 +41,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, Application[UUID]):
+class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyCommands, Application[UUID]):
     """Every command of the marketplace; the single writer of the event log."""
 
     name = "aimarket"

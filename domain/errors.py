@@ -200,3 +200,31 @@ class NotListingOwner(Forbidden):
 
     code = "not_listing_owner"
     title = "Listing owned by another seller"
+
+
+class PaymentRailUnavailable(InvalidState):
+    """Raised when a channel asks for a funding rail (card, chain) this hub has not configured."""
+
+    code = "payment_rail_unavailable"
+    title = "Payment rail not configured"
+
+
+class DepositAlreadyCredited(AlreadyExists):
+    """Raised when an on-chain deposit (tx hash + log index) was already credited to a channel."""
+
+    code = "deposit_already_credited"
+    title = "Deposit already credited"
+
+
+class WalletRequired(InvalidState):
+    """Raised when a chain payment needs an account's registered wallet and there is none."""
+
+    code = "wallet_required"
+    title = "Register a wallet first"
+
+
+class WalletMismatch(Forbidden):
+    """Raised when an on-chain deposit was made by another address than the caller's wallet."""
+
+    code = "wallet_mismatch"
+    title = "Deposit made by another wallet"

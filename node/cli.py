@@ -144,6 +144,59 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_client(args: argparse.Namespace) -> tuple[ks.Keystore, str, HubClient, str]:
+    store = _load(args)
+    device_id, hub_url = _enrolled(store)
+    client = HubClient(hub_url)
+    token = device_token(store.signing_key, device_id=device_id, hub_url=_audience(client), now_s=int(time.time()))
+    return store, device_id, client, token
+
+
+def _report_listing(args: argparse.Namespace) -> dict[str, Any]:
+    from node.publishing import listing_from_report
+
+    report = json.loads(Path(args.report).read_text())
+    return listing_from_report(report, price_minor=args.price, currency=args.currency, licence=args.licence,
+                               category=args.category)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from node.publishing import publish_credential
+
+    listing = _report_listing(args)
+    store, _, client, token = _device_client(args)
+    credential = publish_credential(store.signing_key, listing, args.listing_key)
+    _print(client.request("POST", "/v1/listings", credential, bearer=token))
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from node.publishing import update_credential
+
+    listing = _report_listing(args)
+    store, _, client, token = _device_client(args)
+    credential = update_credential(store.signing_key, args.listing_id, listing)
+    _print(client.request("PUT", f"/v1/listings/{args.listing_id}", credential, bearer=token))
+    return 0
+
+
+def cmd_delist(args: argparse.Namespace) -> int:
+    from node.publishing import delist_credential
+
+    store, _, client, token = _device_client(args)
+    credential = delist_credential(store.signing_key, args.listing_id, args.reason or "")
+    _print(client.request("DELETE", f"/v1/listings/{args.listing_id}", credential, bearer=token))
+    return 0
+
+
+def _offer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("report", help="the JSON report written by `aim-node profile`")
+    parser.add_argument("--price", type=int, required=True, help="price in minor units (1999 = 19.99 USD)")
+    parser.add_argument("--currency", required=True, help="currency or token code, e.g. USD, USDC")
+    parser.add_argument("--licence", required=True, help="licence identifier, e.g. CC-BY-4.0")
+    parser.add_argument("--category", required=True, help="category slug, e.g. health")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aim-node", description="The aimarket node agent.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--manifest", action="store_true", help="PATH is a model/pipeline manifest")
     profile.add_argument("--out", help="where to write the JSON report")
     profile.set_defaults(func=cmd_profile)
+    publish = sub.add_parser("publish", help="publish a profile report's metadata as a signed listing")
+    _offer_arguments(publish)
+    publish.add_argument("--listing-key", help="your name for this listing (default: the content hash)")
+    publish.set_defaults(func=cmd_publish)
+    update = sub.add_parser("update", help="replace a listing's metadata and price (signed)")
+    update.add_argument("listing_id")
+    _offer_arguments(update)
+    update.set_defaults(func=cmd_update)
+    delist = sub.add_parser("delist", help="withdraw a listing from the catalogue (signed)")
+    delist.add_argument("listing_id")
+    delist.add_argument("--reason", help="a short reason, kept in the log")
+    delist.set_defaults(func=cmd_delist)
     return parser
 
 

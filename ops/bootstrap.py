@@ -107,6 +107,9 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
         nonces=nonces, clock=clock, bcrypt_rounds=settings.bcrypt_rounds, session_ttl_s=settings.session_ttl_s,
     )
     runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces)
+    from workers.money_adapters import wire_money  # money adapters: lazy, nothing connects here
+
+    wire_money(runtime)
     for runner in runtime.runners():
         runner.setup()  # read models exist (empty) before the first request reads them
     return runtime

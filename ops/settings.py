@@ -37,6 +37,20 @@ class Settings:
     web_threads: int = 8
     run_projections_in_web: bool = True
     log_format: str = "json"
+    # -- money (issue 4) ------------------------------------------------------------------
+    fee_bps: int = 500
+    unsigned_allowance_minor: int = 0
+    card_channel_ttl_s: int = 30 * 24 * 3600
+    settle_margin_s: int = 3600
+    chain_rpc_url: str = ""  # empty = in-process EVM (eth-tester), deployed on first use
+    channels_address: str = ""
+    token_address: str = ""
+    token_currency: str = "TUSD"  # noqa: S105 - a token symbol, not a secret
+    operator_key_hex: str = field(default="", repr=False)
+    stripe_api_key: str = field(default="", repr=False)  # empty = card rail off, payouts stay pending
+    stripe_webhook_secret: str = field(default="", repr=False)
+    stripe_api_base: str = ""
+    debit_batch_ms: float = 2.0  # group-commit window; 0 = one transaction per debit
 
     @property
     def embedded(self) -> bool:
@@ -102,4 +116,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         web_threads=_int(env, "AIMARKET_WEB_THREADS", 8),
         run_projections_in_web=_flag(env, "AIMARKET_PROJECTIONS_IN_WEB", default=not env.get("AIMARKET_DATABASE_URL")),
         log_format=env.get("AIMARKET_LOG_FORMAT", "json"),
+        fee_bps=_int(env, "AIMARKET_FEE_BPS", 500),
+        unsigned_allowance_minor=_int(env, "AIMARKET_UNSIGNED_ALLOWANCE_MINOR", 0),
+        card_channel_ttl_s=_int(env, "AIMARKET_CARD_CHANNEL_TTL_S", 30 * 24 * 3600),
+        settle_margin_s=_int(env, "AIMARKET_SETTLE_MARGIN_S", 3600),
+        chain_rpc_url=env.get("AIMARKET_CHAIN_RPC_URL", ""),
+        channels_address=env.get("AIMARKET_CHANNELS_ADDRESS", ""),
+        token_address=env.get("AIMARKET_TOKEN_ADDRESS", ""),
+        token_currency=env.get("AIMARKET_TOKEN_CURRENCY", "TUSD"),
+        operator_key_hex=env.get("AIMARKET_OPERATOR_KEY", ""),
+        stripe_api_key=env.get("AIMARKET_STRIPE_API_KEY", ""),
+        stripe_webhook_secret=env.get("AIMARKET_STRIPE_WEBHOOK_SECRET", ""),
+        stripe_api_base=env.get("AIMARKET_STRIPE_API_BASE", ""),
+        debit_batch_ms=float(env.get("AIMARKET_DEBIT_BATCH_MS", "2") or 2),
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from projections.audit_log import AuditLog
+from projections.balances import Balances
 from projections.base import Projection
 from projections.devices import Devices
+from projections.search.projection import SearchProjection
 
 
 def all_projections() -> list[Projection]:
-    return [AuditLog(), Devices()]
+    return [AuditLog(), Devices(), Balances(), SearchProjection()]

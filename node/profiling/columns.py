@@ -17,6 +17,7 @@ from datetime import date, datetime
 import polars as pl
 
 from node.profiling.sketch import DistinctSketch
+from node.profiling.views import TextView
 
 NULL_TOKENS = ["", "null", "none", "na", "n/a", "nan", "nil", "#n/a"]
 # Case variants listed up front: is_in on raw text avoids lower-casing every cell.
@@ -57,45 +58,49 @@ def mask_format(value: str, limit: int = SHAPE_LIMIT) -> str:
     return "".join(out) + ("…" if len(value) > limit else "")
 
 
-def _cell_exprs(name: str) -> list[pl.Expr]:
+def _cell_exprs() -> list[pl.Expr]:
     # Stage 2 of batch_aggregates: per-cell flags, materialised once so the aggregates
     # below do not re-evaluate shared sub-expressions (nesting them made it 5x slower).
-    p = f"{name}\x00"
-    text = pl.col(p + "t")
+    text = pl.col("t")
     present = text.is_not_null() & ~text.is_in(_NULL_VARIANTS)
     is_int = text.str.contains(_INT)
+    # Parsing dates is the costliest step: parse only cells shaped like one (others null).
+    shaped = text.str.contains(_DATE)
+    asdate = pl.when(shaped).then(text).str.to_date("%Y-%m-%d", strict=False)
     return [
-        present.alias(p + "present"),
-        is_int.alias(p + "integer"),
-        (~is_int & text.str.contains(_FLOAT)).alias(p + "float"),
-        text.is_in(_BOOL).alias(p + "boolean"),
-        (text.str.contains(_DATE) & text.str.to_date("%Y-%m-%d", strict=False).is_not_null()).alias(p + "date"),
-        text.str.contains(_DATETIME).alias(p + "datetime"),
-        text.cast(pl.Float64, strict=False).alias(p + "number"),
-        text.str.to_date("%Y-%m-%d", strict=False).alias(p + "asdate"),
-        text.str.contains(_DAMAGED).alias(p + "damaged"),
+        pl.col("w"),
+        present.alias("present"),
+        is_int.alias("integer"),
+        (~is_int & text.str.contains(_FLOAT)).alias("float"),
+        text.is_in(_BOOL).alias("boolean"),
+        (shaped & asdate.is_not_null()).alias("date"),
+        text.str.contains(_DATETIME).alias("datetime"),
+        text.cast(pl.Float64, strict=False).alias("number"),
+        asdate.alias("asdate"),
+        text.str.contains(_DAMAGED).alias("damaged"),
     ]
 
 
-def _agg_exprs(name: str) -> list[pl.Expr]:
-    # Stage 3: one aggregate row per column; flags are already plain columns here.
-    p = f"{name}\x00"
-    present = pl.col(p + "present")
-    numeric = present & (pl.col(p + "integer") | pl.col(p + "float"))
-    number = pl.col(p + "number").filter(numeric)
-    is_date = present & pl.col(p + "date")
-    dates = pl.col(p + "asdate").filter(is_date)
+def _agg_exprs() -> list[pl.Expr]:
+    # Stage 3: one aggregate row per column; flags are already plain columns here. Each
+    # cell stands for ``w`` rows (one on the row path, its row count on the distinct path).
+    weight = pl.col("w")
+    present = pl.col("present")
+    numeric = present & (pl.col("integer") | pl.col("float"))
+    number = pl.col("number").filter(numeric)
+    is_date = present & pl.col("date")
+    dates = pl.col("asdate").filter(is_date)
     year = dates.dt.year()
-    out = [present.sum().alias(p + "present")]
-    out += [(present & pl.col(p + kind)).sum().alias(p + kind) for kind in TYPES[:-1]]
+    out = [weight.filter(present).sum().alias("present")]
+    out += [weight.filter(present & pl.col(kind)).sum().alias(kind) for kind in TYPES[:-1]]
     return out + [
-        number.filter(number.is_finite()).min().alias(p + "min"),
-        number.filter(number.is_finite()).max().alias(p + "max"),
-        (~number.is_finite()).sum().alias(p + "nonfinite"),
-        dates.min().alias(p + "dmin"),
-        dates.max().alias(p + "dmax"),
-        ((year < 1900) | (year > 2100)).sum().alias(p + "baddate"),
-        (present & pl.col(p + "damaged")).sum().alias(p + "damaged"),
+        number.filter(number.is_finite()).min().alias("min"),
+        number.filter(number.is_finite()).max().alias("max"),
+        weight.filter(numeric).filter(~number.is_finite()).sum().alias("nonfinite"),
+        dates.min().alias("dmin"),
+        dates.max().alias("dmax"),
+        weight.filter(is_date).filter((year < 1900) | (year > 2100)).sum().alias("baddate"),
+        weight.filter(present & pl.col("damaged")).sum().alias("damaged"),
     ]
 
 
@@ -140,34 +145,37 @@ class ColumnStats:
         """Count ``rows`` rows of a batch (file) that lacks this column as nulls."""
         self.rows += rows
 
-    def update(self, frame: pl.DataFrame, agg: dict[str, object]) -> None:
-        """Fold in one batch, given the row of aggregates from :func:`batch_aggregates`."""
-        column = frame.get_column(self.name)
-        self.rows += frame.height
+    def update(self, column: pl.Series) -> None:
+        """Fold in one batch of a column the profiler does not type from text."""
+        self.rows += column.len()
         native = _native_type(column.dtype)
-        if native is None:
-            self._update_text(agg)
-        else:
-            self._update_native(column, native)
+        self._update_native(column, native)
         if native == "nested":
             return
         present = column.drop_nulls()
-        if native is None:
-            present = present.cast(pl.String)
-            present = present.filter(~present.str.strip_chars().is_in(_NULL_VARIANTS))
-            # Prose detection needs only the shape of the text: a per-batch sample is enough.
-            sample = present.head(SHAPE_SAMPLE * 32)
-            self.sampled += sample.len()
-            self.chars += int(sample.str.len_chars().sum() or 0)
-            self.spaces += int(sample.str.count_matches(" ").sum() or 0)
         self.distinct.add(present)
         if len(self.shapes) < SHAPES_KEPT:
             for value in present.head(SHAPE_SAMPLE).cast(pl.String).to_list():
                 self.shapes[mask_format(str(value))] += 1
 
+    def update_text(self, view: TextView, agg: dict[str, object]) -> None:
+        """Fold in one batch of a text column, given its row of :func:`batch_aggregates`."""
+        self.rows += view.raw.len()
+        self._update_text(agg)
+        present = view.keys.is_not_null() & ~view.text.is_in(_NULL_VARIANTS)
+        self.distinct.add_hashes(view.hashes.filter(present))
+        # Prose detection needs only the shape of the text: a per-batch sample is enough.
+        sample = _first_present(view.raw, SHAPE_SAMPLE * 32)
+        self.sampled += sample.len()
+        self.chars += int(sample.str.len_chars().sum() or 0)
+        self.spaces += int(sample.str.count_matches(" ").sum() or 0)
+        if len(self.shapes) < SHAPES_KEPT:
+            for value in sample.head(SHAPE_SAMPLE).to_list():
+                self.shapes[mask_format(str(value))] += 1
+
     def _update_text(self, agg: dict[str, object]) -> None:
         def get(key: str) -> int:
-            return int(agg.get(f"{self.name}\x00{key}") or 0)
+            return int(agg.get(key) or 0)
 
         present = get("present")
         self.present += present
@@ -178,8 +186,7 @@ class ColumnStats:
         self.types["string"] += max(present - typed, 0)
         for attr in ("nonfinite", "baddate", "damaged"):
             setattr(self, attr, getattr(self, attr) + get(attr))
-        p = f"{self.name}\x00"
-        self._extend(agg.get(p + "min"), agg.get(p + "max"), agg.get(p + "dmin"), agg.get(p + "dmax"))
+        self._extend(agg.get("min"), agg.get("max"), agg.get("dmin"), agg.get("dmax"))
 
     def _update_native(self, column: pl.Series, native: str) -> None:
         present = column.len() - column.null_count()
@@ -241,20 +248,36 @@ class ColumnStats:
         return sorted(self.shapes.items(), key=lambda item: (-item[1], item[0]))[0][0]
 
 
-def batch_aggregates(frame: pl.DataFrame) -> dict[str, object]:
-    """Compute the text aggregates of every text column of ``frame``.
+def _first_present(raw: pl.Series, count: int) -> pl.Series:
+    """The first ``count`` present cells (raw text, row order), reading only as far as needed."""
+    rows = count
+    while True:
+        head = raw.head(rows)
+        present = head.filter(head.is_not_null() & ~head.str.strip_chars().is_in(_NULL_VARIANTS))
+        if present.len() >= count or rows >= raw.len():
+            return present.head(count)
+        rows *= 4
 
-    Three stages in one lazy query: strip each cell, compute per-cell flags, aggregate.
-    Each stage's expressions run in parallel across columns.
+
+def batch_aggregates(views: dict[str, TextView]) -> dict[str, dict[str, object]]:
+    """Compute the text aggregates of every text column of a batch.
+
+    Args:
+        views: The batch's text columns (see :func:`is_text`), by name.
+
+    Returns:
+        One row of aggregates per column. Three stages per column: per-cell flags on the
+        stripped text, then weighted aggregates; the columns' queries run in parallel.
     """
-    names = [name for name, dtype in frame.schema.items() if _native_type(dtype) is None]
-    if not names:
-        return {}
-    stripped = [pl.col(n).cast(pl.String).str.strip_chars().alias(f"{n}\x00t") for n in names]
-    query = (
-        frame.lazy()
-        .select(stripped)
-        .select([e for n in names for e in _cell_exprs(n)])
-        .select([e for n in names for e in _agg_exprs(n)])
-    )
-    return query.collect(engine="in-memory").row(0, named=True)
+    names = list(views)
+    queries = [
+        pl.DataFrame({"t": views[n].text, "w": views[n].weights}).lazy().select(_cell_exprs()).select(_agg_exprs())
+        for n in names
+    ]
+    frames = pl.collect_all(queries, engine="in-memory")
+    return {name: frame.row(0, named=True) for name, frame in zip(names, frames, strict=True)}
+
+
+def is_text(dtype: pl.DataType) -> bool:
+    """Whether cells of this type are typed from their text by the profiler."""
+    return _native_type(dtype) is None

@@ -13,10 +13,11 @@ import polars as pl
 
 from node.profiling import describe, quality
 from node.profiling import pii_rules as rules
-from node.profiling.columns import ColumnStats, batch_aggregates
-from node.profiling.pii import HIGH_RISK_KINDS, PiiScanner
+from node.profiling.columns import ColumnStats, batch_aggregates, is_text
+from node.profiling.pii import HIGH_RISK_KINDS, PiiScanner, scans
 from node.profiling.sketch import DuplicateRowSketch
 from node.profiling.sources import FileHasher, SourceFile, content_hash, discover, iter_batches
+from node.profiling.views import TextView, prepare
 
 REPORT_VERSION = 1
 # Headers of identifier-like columns: their extremes are real ids, so no min/max.
@@ -36,21 +37,33 @@ class _Profiler:
         self.rows = 0
 
     def add_batch(self, batch: pl.DataFrame, pool: Executor) -> None:
-        # PII column tasks run on the pool while this thread computes the schema aggregates.
-        finish_pii = self.scanner.scan(batch, pool)
-        agg = batch_aggregates(batch)
+        # Each text column is stripped (and reduced to its distinct values) once for both
+        # passes. PII column tasks run on the pool while this thread computes the schema
+        # aggregates.
+        views = _views(batch, pool)
+        finish_pii = self.scanner.scan({n: v for n, v in views.items() if scans(batch.schema[n])}, pool)
+        text = {n: v for n, v in views.items() if is_text(batch.schema[n])}
+        agg = batch_aggregates(text)
         for name in batch.columns:
             if name not in self.columns:
                 # A column first seen in a later file was missing from every earlier row.
                 self.columns[name] = ColumnStats(name)
                 self.columns[name].add_missing(self.rows)
-            self.columns[name].update(batch, agg)
+            if name in text:
+                self.columns[name].update_text(text[name], agg[name])
+            else:
+                self.columns[name].update(batch.get_column(name))
         for name, stats in self.columns.items():
             if name not in batch.schema:
                 stats.add_missing(batch.height)
         self.duplicates.add(batch.select(sorted(batch.columns)))
         finish_pii()
         self.rows += batch.height
+
+
+def _views(batch: pl.DataFrame, pool: Executor) -> dict[str, TextView]:
+    names = [n for n, dtype in batch.schema.items() if is_text(dtype) or scans(dtype)]
+    return dict(zip(names, pool.map(lambda n: prepare(batch.get_column(n)), names), strict=True))
 
 
 def profile_path(path: str | os.PathLike, *, name_list: Iterable[str] | None = None) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from node.profiling import pii_rules as rules
+from node.profiling.views import TextView, union_count
 
 CHECK_BUDGET_PER_COLUMN = 2048  # distinct values validated in Python per column and kind
 CHECK_BUDGET_PER_BATCH = 256
@@ -60,10 +61,6 @@ class ColumnPii:
         return listed >= need * present
 
 
-def _rows(row_index: pl.Series, ok: pl.Series) -> pl.Series:
-    return row_index.filter(ok).unique()
-
-
 class PiiScanner:
     """Scans batches for PII and produces the report sections."""
 
@@ -79,54 +76,54 @@ class PiiScanner:
             self.columns[name] = ColumnPii(name, hints, rules.weak_name_header(name))
         return self.columns[name]
 
-    def scan(self, frame: pl.DataFrame, pool: Executor) -> Callable[[], None]:
+    def scan(self, views: dict[str, TextView], pool: Executor) -> Callable[[], None]:
         """Start scanning one batch, one task per column on ``pool``.
 
         Args:
-            frame: The batch.
+            views: The batch's columns to scan (see :func:`scans`), by name.
             pool: Runs the column tasks; polars releases the GIL, so they overlap.
 
         Returns:
             A function that waits for the tasks and merges their row sets.
         """
-        futures = []
-        for name, dtype in frame.schema.items():
-            if dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical:
-                values = frame.get_column(name).cast(pl.String)
-                futures.append((name, pool.submit(self._scan_column, self._column(name), values)))
+        futures = [(view, pool.submit(self._scan_column, self._column(name), view)) for name, view in views.items()]
 
         def finish() -> None:
-            by_kind: dict[str, list[pl.Series]] = defaultdict(list)
-            free_rows: list[pl.Series] = []
-            for _name, future in futures:
+            by_kind: dict[str, list[tuple[TextView, pl.Series]]] = defaultdict(list)
+            free_rows: list[tuple[TextView, pl.Series]] = []
+            for view, future in futures:
                 found, free_text = future.result()
-                for kind, rows in found.items():
-                    by_kind[kind].append(rows)
+                for kind, keys in found.items():
+                    by_kind[kind].append((view, keys))
                     if free_text:
-                        free_rows.append(rows)
+                        free_rows.append((view, keys))
             for kind, parts in by_kind.items():
-                self.kind_rows[kind] += pl.concat(parts).n_unique()
+                self.kind_rows[kind] += union_count(parts)
             if free_rows:
-                self.free_text_rows += pl.concat(free_rows).n_unique()
+                self.free_text_rows += union_count(free_rows)
 
         return finish
 
-    def _scan_column(self, column: ColumnPii, values: pl.Series) -> tuple[dict[str, pl.Series], bool]:
-        values = values.str.strip_chars()
-        sample = values.head(SAMPLE_ROWS).drop_nulls()
+    def _scan_column(self, column: ColumnPii, view: TextView) -> tuple[dict[str, pl.Series], bool]:
+        # Results are distinct key indexes (rows, or distinct values: see views.py).
+        sample = view.head_text(SAMPLE_ROWS).drop_nulls()
         free_text = _looks_free_text(sample)
-        frame = pl.DataFrame({"row": pl.int_range(0, values.len(), eager=True, dtype=pl.UInt32), "v": values})
-        found = self._scan_structured(column, frame)
+        frame = pl.DataFrame({
+            "key": pl.int_range(0, view.keys.len(), eager=True, dtype=pl.UInt32),
+            "v": view.text,
+            "w": view.weights,
+        })
+        found = self._scan_structured(column, frame, view)
         # Names start with a letter; skip the name scans for numeric, date or code columns.
         if sample.len() and sample.str.contains(r"^\p{L}").mean() >= 0.1:
             # A mention needs "First Last": columns of single words cannot hold one.
             spaced = bool(sample.str.contains(" ", literal=True).mean() >= 0.2)
-            names = self._scan_names(column, frame, spaced)
+            names = self._scan_names(column, frame, view, spaced)
             if names is not None and names.len():
                 found["person_name"] = names
         return found, free_text
 
-    def _scan_structured(self, column: ColumnPii, frame: pl.DataFrame) -> dict[str, pl.Series]:
+    def _scan_structured(self, column: ColumnPii, frame: pl.DataFrame, view: TextView) -> dict[str, pl.Series]:
         text = pl.col("v")
         sub = frame.filter(text.str.contains(rules.PREFILTER) & ~text.str.contains(rules.NOT_IDENTIFIER))
         if not sub.height:
@@ -134,7 +131,7 @@ class PiiScanner:
         # One pass of the combined pattern finds candidates of every kind; leftmost-first
         # alternation means digits inside an e-mail or IBAN are not re-read as a card.
         cands = (
-            sub.select("row", text.str.extract_all(rules.COMBINED).alias("c"))
+            sub.select("key", "w", text.str.extract_all(rules.COMBINED).alias("c"))
             .explode("c")
             .drop_nulls("c")
             .with_columns(rules.classify(pl.col("c")).alias("kind"))
@@ -144,18 +141,20 @@ class PiiScanner:
         for kind, group in cands.group_by("kind", maintain_order=True):
             kind = kind[0]
             if kind == "ip_address":
-                group = group.filter(_plausible_ip(pl.col("c")))
+                group = group.filter(_plausible_ip(group.get_column("c")))
                 if not group.height:
                     continue
             stats = column.kinds[kind]
             ok = self._validate(kind, group.get_column("c"), stats)
-            valid = int(ok.sum())
-            rows = _rows(group.get_column("row"), ok)
-            stats.candidates += group.height
+            weights = group.get_column("w")
+            # Each candidate row stands for ``w`` rows: count candidates and matches in rows.
+            candidates, valid = int(weights.sum()), int(weights.filter(ok).sum() or 0)
+            keys = group.get_column("key").filter(ok).unique()
+            stats.candidates += candidates
             stats.valid += valid
-            stats.rows += rows.len()
-            if valid and valid * 2 >= group.height:
-                found[kind] = rows
+            stats.rows += view.count(keys)
+            if valid and valid * 2 >= candidates:
+                found[kind] = keys
         return found
 
     @staticmethod
@@ -180,29 +179,31 @@ class PiiScanner:
         stats.checked += checked
         return ok
 
-    def _scan_names(self, column: ColumnPii, frame: pl.DataFrame, spaced: bool) -> pl.Series | None:
+    def _scan_names(
+        self, column: ColumnPii, frame: pl.DataFrame, view: TextView, spaced: bool
+    ) -> pl.Series | None:
         text = pl.col("v")
-        flags = frame.select(
-            "row",
-            text.is_not_null().alias("present"),
-            text.str.contains(rules.NAME_CELL).fill_null(False).alias("shaped"),
-            text.str.extract(r"^(\p{L}+)", 1).alias("first"),
-        ).with_columns(
-            (pl.col("shaped") & pl.col("first").str.to_lowercase().is_in(self.names)).alias("listed")
+        present = int(frame.get_column("w").filter(frame.get_column("v").is_not_null()).sum() or 0)
+        # Only name-shaped cells can be listed names: look up first names on those alone.
+        named = frame.filter(text.str.contains(rules.NAME_CELL)).select(
+            "key",
+            "w",
+            text.str.extract(r"^(\p{L}+)", 1).str.to_lowercase().is_in(self.names).alias("listed"),
         )
-        present, shaped, listed = (int(flags.get_column(c).sum()) for c in ("present", "shaped", "listed"))
+        shaped = int(named.get_column("w").sum() or 0)
+        listed = int(named.get_column("w").filter(named.get_column("listed")).sum() or 0)
         column.present += present
         column.shaped += shaped
         column.listed += listed
         if column.name_cells_accepted(present, shaped, listed):
-            return flags.filter("shaped").get_column("row")
-        return self._scan_mentions(column, frame) if spaced else None
+            return named.get_column("key")
+        return self._scan_mentions(column, frame, view) if spaced else None
 
-    def _scan_mentions(self, column: ColumnPii, frame: pl.DataFrame) -> pl.Series | None:
+    def _scan_mentions(self, column: ColumnPii, frame: pl.DataFrame, view: TextView) -> pl.Series | None:
         text = pl.col("v")
         runs = (
             frame.filter(text.str.contains(rules.NAME_IN_TEXT))
-            .select("row", text.str.extract_all(rules.NAME_IN_TEXT).alias("r"))
+            .select("key", "w", text.str.extract_all(rules.NAME_IN_TEXT).alias("r"))
             .explode("r")
             .drop_nulls("r")
         )
@@ -210,11 +211,12 @@ class PiiScanner:
             return None
         heads = runs.get_column("r").str.to_lowercase().str.replace(r"\s\S+$", "").str.split(" ")
         ok = heads.list.eval(pl.element().is_in(self.names)).list.any()
-        column.mentions.candidates += runs.height
-        column.mentions.valid += int(ok.sum())
-        rows = _rows(runs.get_column("row"), ok)
-        column.mentions.rows += rows.len()
-        return rows
+        weights = runs.get_column("w")
+        column.mentions.candidates += int(weights.sum())
+        column.mentions.valid += int(weights.filter(ok).sum() or 0)
+        keys = runs.get_column("key").filter(ok).unique()
+        column.mentions.rows += view.count(keys)
+        return keys
 
     def column_report(self, name: str, total_rows: int, present: int) -> dict:
         """The ``pii`` verdict of one column (no values, counts only)."""
@@ -246,6 +248,11 @@ class PiiScanner:
         return {k: kinds[k] for k in rules.KINDS if k in kinds}
 
 
+def scans(dtype: pl.DataType) -> bool:
+    """Whether columns of this type are scanned for PII (text, integers, categories)."""
+    return dtype == pl.String or dtype.is_integer() or dtype == pl.Categorical
+
+
 def _looks_free_text(sample: pl.Series) -> bool:
     """Prose: at least 25 characters and three spaces per cell on average."""
     if not sample.len():
@@ -253,11 +260,18 @@ def _looks_free_text(sample: pl.Series) -> bool:
     return bool(sample.str.len_chars().mean() >= 25 and sample.str.count_matches(" ").mean() >= 3)
 
 
-def _plausible_ip(cand: pl.Expr) -> pl.Expr:
-    # Clock times ("12:30:45") and C++ scopes ("std::") match the loose IPv6 pattern.
-    ipv6 = cand.str.contains("::") | (cand.str.count_matches(":") == 7)
-    groups = cand.str.count_matches(r"[0-9A-Fa-f]+")
-    return cand.str.contains(r"\.") | (ipv6 & ((groups >= 3) | (cand == "::1")))
+def _plausible_ip(cands: pl.Series) -> pl.Series:
+    """Which IP candidates are worth validating (dotted ones always)."""
+    dotted = cands.str.contains(".", literal=True)
+    rest = (~dotted).arg_true()
+    if not rest.len():
+        return dotted
+    # Clock times ("12:30:45") and C++ scopes ("std::") match the loose IPv6 pattern; the
+    # checks run on the undotted candidates only, as most candidates are IPv4.
+    v6 = cands.gather(rest)
+    shaped = v6.str.contains("::", literal=True) | (v6.str.count_matches(":", literal=True) == 7)
+    ok = shaped & ((v6.str.count_matches(r"[0-9A-Fa-f]+") >= 3) | (v6 == "::1"))
+    return dotted.scatter(rest, ok)
 
 
 def _share(part: int, whole: int) -> float:

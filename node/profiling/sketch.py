@@ -5,6 +5,10 @@ low ``level`` bits are zero, and raise ``level`` (halving the sample) whenever t
 outgrows its cap. Every copy of a value shares a hash, so a value is either fully in the
 sample or fully out of it: distinct counts scale by ``2**level`` and duplicate shares
 measured in the sample are unbiased. Below the cap both are exact.
+
+The final level is the lowest one whose sample of *all* the data fits the cap (the
+sample at a fixed level only grows), so the result does not depend on how the data was
+batched. That lets both sketches buffer batches and merge them in bulk.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import polars as pl
 
 DISTINCT_CAP = 16_384
 ROWS_CAP = 262_144
-_SEED = 0x5EED
+SEED = 0x5EED
 
 
 def _mask(level: int) -> int:
@@ -36,7 +40,11 @@ class DistinctSketch:
 
     def add(self, values: pl.Series) -> None:
         """Add a batch of values; nulls are ignored."""
-        hashes = _sampled(values.drop_nulls().hash(seed=_SEED), self.level)
+        self.add_hashes(values.drop_nulls().hash(seed=SEED))
+
+    def add_hashes(self, hashes: pl.Series) -> None:
+        """Add the hashes (``Series.hash(seed=SEED)``) of a batch of non-null values."""
+        hashes = _sampled(hashes, self.level)
         self.hashes = pl.concat([self.hashes, hashes.rename("h")]).unique()
         while self.hashes.len() > self.cap:
             self.level += 1
@@ -58,21 +66,41 @@ class DuplicateRowSketch:
     def __init__(self, cap: int = ROWS_CAP) -> None:
         self.cap = cap
         self.level = 0
-        self.counts = pl.DataFrame(schema={"h": pl.UInt64, "n": pl.UInt32})
+        self._counts = pl.DataFrame(schema={"h": pl.UInt64, "n": pl.UInt32})
+        # Sampled row hashes not yet merged: re-grouping the whole sample for every
+        # batch cost more than hashing the rows did.
+        self._pending: list[pl.Series] = []
+        self._pending_rows = 0
 
     def add(self, frame: pl.DataFrame) -> None:
         """Add a batch of rows (columns in a stable order)."""
-        hashes = _sampled(frame.hash_rows(seed=_SEED).rename("h"), self.level)
-        batch = hashes.to_frame().group_by("h").agg(pl.len().cast(pl.UInt32).alias("n"))
-        merged = pl.concat([self.counts, batch])
-        self.counts = merged.group_by("h").agg(pl.col("n").sum())
-        while self.counts.height > self.cap:
+        hashes = _sampled(frame.hash_rows(seed=SEED).rename("h"), self.level)
+        self._pending.append(hashes)
+        self._pending_rows += hashes.len()
+        if self._pending_rows >= 2 * self.cap:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        batch = pl.concat(self._pending).to_frame().group_by("h").agg(pl.len().cast(pl.UInt32).alias("n"))
+        self._pending, self._pending_rows = [], 0
+        merged = pl.concat([self._counts, batch])
+        self._counts = merged.group_by("h").agg(pl.col("n").sum())
+        while self._counts.height > self.cap:
             self.level += 1
-            self.counts = self.counts.filter((pl.col("h") & _mask(self.level)) == 0)
+            self._counts = self._counts.filter((pl.col("h") & _mask(self.level)) == 0)
+
+    @property
+    def counts(self) -> pl.DataFrame:
+        """Sampled row hashes ``h`` with their row counts ``n``."""
+        self._merge()
+        return self._counts
 
     def duplicate_share(self) -> float:
         """Share of rows (0..1) that are copies of another row."""
-        rows = int(self.counts["n"].sum()) if self.counts.height else 0
+        counts = self.counts
+        rows = int(counts["n"].sum()) if counts.height else 0
         if rows == 0:
             return 0.0
-        return 1.0 - self.counts.height / rows
+        return 1.0 - counts.height / rows

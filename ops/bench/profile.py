@@ -7,8 +7,8 @@ when already present, then measures in separate child processes:
 * baseline: a plain polars batched read of the same file with no analysis;
 * profile: the full profile (schema, PII, quality, hashing, description).
 
-Each child reports wall time and its own peak RSS (``ru_maxrss``), so the figures do not
-include the generator or the other run.
+Each child reports wall time, its CPU time and its own peak RSS (``ru_maxrss``), so the
+figures do not include the generator or the other run.
 
 Usage::
 
@@ -37,8 +37,9 @@ rows = 0
 for batch in pl.scan_csv(sys.argv[1], infer_schema=False).collect_batches(chunk_size=100_000):
     rows += batch.height
 elapsed = time.perf_counter() - start
-print(json.dumps({"rows": rows, "seconds": elapsed,
-                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rows": rows, "seconds": elapsed, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_kb": usage.ru_maxrss}))
 """
 
 _CHILD_PROFILE = """
@@ -47,8 +48,9 @@ from node.profiling import profile_path
 start = time.perf_counter()
 report = profile_path(sys.argv[1])
 elapsed = time.perf_counter() - start
-print(json.dumps({"rows": report["rows"], "seconds": elapsed,
-                  "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"rows": report["rows"], "seconds": elapsed, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_rss_kb": usage.ru_maxrss,
                   "quality": report["quality"]["score"], "pii": report["pii"]["kinds_detected"],
                   "verdict": report["pii"]["verdict"]}))
 """
@@ -150,9 +152,13 @@ def main() -> None:
         seconds = result["seconds"]
         print(f"{label:<9} rows {result['rows']:>12,}  {seconds:7.2f} s  "
               f"{result['rows'] / seconds:>12,.0f} rows/s  {size_mb / seconds:7.1f} MB/s  "
-              f"peak RSS {result['peak_rss_kb'] / 1024:7.0f} MB")
+              f"cpu {result['cpu_seconds']:6.1f} s  peak RSS {result['peak_rss_kb'] / 1024:7.0f} MB")
     ratio = results["profile"]["seconds"] / results["baseline"]["seconds"]
     print(f"profile/baseline time ratio: {ratio:.2f}x")
+    # Wall time suffers when other work shares the machine; CPU seconds (user + system,
+    # including interpreter start-up and imports) are the steadier figure to compare.
+    load = os.getloadavg()[0]
+    print(f"load average at end: {load:.2f} on {os.cpu_count()} cpus")
     print(f"profile: quality {results['profile']['quality']}, verdict {results['profile']['verdict']}, "
           f"pii {results['profile']['pii']}")
 

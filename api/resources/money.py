@@ -1,0 +1,222 @@
+"""Money over HTTP: wallets, channels (open, top up, debit, close), the Stripe webhook,
+balances and seller statements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from api.http import BODY_BYTES_MAX, meta, principal, read_json
+from api.openapi import obj, op, open_obj
+from domain.errors import InvalidInput, PayloadTooLarge
+from projections.balances import balances_of, channels_of
+
+AMOUNT = {"type": "integer", "minimum": 1, "maximum": 10**15}
+TX_HASH = {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{64}$"}
+HEX_SIG = {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}
+UUID_STR = {"type": "string", "format": "uuid", "minLength": 36, "maxLength": 36}
+IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": True,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+               "description": "Same key + same body = same answer; same key + another body = 409."}
+IDEMPOTENCY_OPTIONAL = {**IDEMPOTENCY, "required": False}
+CHANNEL = open_obj(id={"type": "string"}, rail={"type": "string"}, status={"type": "string"},
+                   currency={"type": "string"}, deposit_minor={"type": "integer"}, spent_minor={"type": "integer"},
+                   remaining_minor={"type": "integer"}, fee_bps={"type": "integer"}, expiry_s={"type": "integer"})
+OPEN = {"oneOf": [
+    obj(["rail", "currency", "amount_minor"], rail={"const": "card"},
+        currency={"type": "string", "pattern": "^[A-Z]{3}$"}, amount_minor=AMOUNT),
+    obj(["rail", "tx_hash"], rail={"const": "chain"}, tx_hash=TX_HASH),
+]}
+TOP_UP = {"oneOf": [obj(["amount_minor"], amount_minor=AMOUNT), obj(["tx_hash"], tx_hash=TX_HASH)]}
+DEBIT = obj(["amount_minor", "seller_account_id"], amount_minor=AMOUNT, seller_account_id=UUID_STR,
+            purpose={"type": "string", "maxLength": 200},
+            voucher=obj(["cumulative_minor", "signature"], cumulative_minor={"type": "integer", "minimum": 1},
+                        signature=HEX_SIG))
+DEBIT_RESULT = open_obj(channel_id={"type": "string"}, sequence={"type": "integer"},
+                        amount_minor={"type": "integer"}, fee_minor={"type": "integer"},
+                        remaining_minor={"type": "integer"})
+WALLET = obj(["address", "signature"], address={"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+             signature=HEX_SIG)
+ITEMS = open_obj(items={"type": "array"})
+
+
+def _idempotency_key(req: falcon.Request, *, required: bool = True) -> str:
+    key = req.get_header("Idempotency-Key")
+    if required and not key:
+        raise InvalidInput("send an Idempotency-Key header", param="Idempotency-Key")
+    return key or ""
+
+
+def _debit_response(resp: falcon.Response, result: dict[str, Any]) -> None:
+    replayed = result.pop("replayed", False)
+    resp.set_header("Idempotent-Replayed", "true" if replayed else "false")
+    resp.media = result
+    resp.status = falcon.HTTP_201
+
+
+class Wallet:
+    openapi = {
+        "post": op("Bind your wallet: EIP-191 signature over the binding message", "money", auth="account",
+                   body=WALLET, responses={"201": open_obj(address={"type": "string"})}),
+        "get": op("Your bound wallet and the message to sign", "money", auth="account",
+                  responses={"200": open_obj(address={"type": ["string", "null"]}, message={"type": "string"})}),
+    }
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        who = principal(req, "api_key", "session")
+        body = read_json(req, WALLET)
+        resp.media = req.context.runtime.market.bind_wallet(meta(req, who), who.account_id, **body)
+        resp.status = falcon.HTTP_201
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from domain.errors import WalletRequired
+        from domain.wallet import wallet_message
+
+        who = principal(req, "api_key", "session", "oauth_client")
+        market = req.context.runtime.market
+        try:
+            address: str | None = market.wallet_of(who.account_id)
+        except WalletRequired:
+            address = None
+        template = wallet_message(who.account_id, "0x" + "0" * 40, market.hub_url)
+        resp.media = {"address": address, "message": template.replace("0x" + "0" * 40, "<your address>")}
+
+
+class Channels:
+    openapi = {
+        "post": op("Open a channel: card (Stripe PaymentIntent; funded by its webhook) or chain (the tx "
+                   "that opened it on the contract)", "money", auth="account", body=OPEN,
+                   params=[IDEMPOTENCY_OPTIONAL], responses={"201": CHANNEL}),
+        "get": op("Your channels", "money", auth="account", responses={"200": ITEMS}),
+    }
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        who.require_role("buyer")
+        body = read_json(req, OPEN)
+        market = req.context.runtime.market
+        if body["rail"] == "card":
+            resp.media = market.open_card_channel(meta(req, who), who.account_id, currency=body["currency"],
+                                                  amount_minor=body["amount_minor"],
+                                                  idempotency_key=_idempotency_key(req))
+        else:
+            resp.media = market.open_chain_channel(meta(req, who), who.account_id, tx_hash=body["tx_hash"])
+        resp.status = falcon.HTTP_201
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        resp.media = {"items": channels_of(req.context.runtime.views, who.account_id)}
+
+
+class Channel:
+    openapi = {"get": op("One of your channels", "money", auth="account", responses={"200": CHANNEL})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        channel = req.context.runtime.market.channel_for(who.account_id, channel_id, auditor="auditor" in who.roles)
+        resp.media = channel.to_public()
+
+
+class TopUps:
+    openapi = {"post": op("Top up: card (amount_minor; a new PaymentIntent) or chain (tx_hash of the top-up)",
+                          "money", auth="account", body=TOP_UP, params=[IDEMPOTENCY_OPTIONAL],
+                          responses={"201": CHANNEL})}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        body = read_json(req, TOP_UP)
+        market = req.context.runtime.market
+        if "tx_hash" in body:
+            resp.media = market.top_up_chain_channel(meta(req, who), who.account_id, channel_id,
+                                                     tx_hash=body["tx_hash"])
+        else:
+            resp.media = market.top_up_card_channel(meta(req, who), who.account_id, channel_id,
+                                                    amount_minor=body["amount_minor"],
+                                                    idempotency_key=_idempotency_key(req))
+        resp.status = falcon.HTTP_201
+
+
+class Debits:
+    openapi = {"post": op("Debit the channel to pay a seller (402 channel_exhausted when it cannot)", "money",
+                          auth="account", body=DEBIT, params=[IDEMPOTENCY],
+                          responses={"201": DEBIT_RESULT, "402": None})}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        body = read_json(req, DEBIT)
+        key = _idempotency_key(req)
+        runtime = req.context.runtime
+        batcher = getattr(runtime, "debit_batcher", None)
+        if batcher is not None:
+            result = batcher.submit(meta(req, who), who.account_id, channel_id, key, body)
+        else:
+            result = runtime.market.debit(meta(req, who), who.account_id, channel_id, idempotency_key=key, body=body)
+        _debit_response(resp, result)
+
+
+class Close:
+    openapi = {"post": op("Close the channel: no more debits; settlement follows", "money", auth="account",
+                          responses={"200": CHANNEL})}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        runtime = req.context.runtime
+        resp.media = runtime.market.close_channel(meta(req, who), who.account_id, channel_id)
+        enqueue = getattr(runtime, "enqueue_settlement", None)
+        if enqueue is not None and resp.media["status"] == "closing":
+            enqueue(resp.media["id"])
+
+
+class StripeWebhook:
+    openapi = {"post": op("Stripe webhook (signed with Stripe-Signature; no other auth)", "money",
+                          body={"type": "object"}, responses={"200": open_obj(received={"type": "boolean"})})}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw = req.bounded_stream.read(BODY_BYTES_MAX + 1)
+        if len(raw) > BODY_BYTES_MAX:
+            raise PayloadTooLarge(f"body above {BODY_BYTES_MAX} bytes")
+        market = req.context.runtime.market
+        event = market.card_gateway().verify_webhook(raw, req.get_header("Stripe-Signature"))
+        credited = None
+        if event["type"] == "payment_intent.succeeded":
+            credited = market.credit_card_payment(meta(req), event["data"])["credited"]
+        resp.media = {"received": True, "credited": credited}
+
+
+class Balances:
+    openapi = {"get": op("Ledger balances: your accounts (auditors: every account)", "money", auth="account",
+                         responses={"200": ITEMS})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        who = principal(req, "api_key", "session", "oauth_client")
+        everyone = "auditor" in who.roles or "admin" in who.roles
+        resp.media = {"items": balances_of(req.context.runtime.views, None if everyone else who.account_id)}
+
+
+DESTINATION = obj(["stripe_account"], stripe_account={"type": "string", "pattern": "^acct_[A-Za-z0-9]{1,59}$"})
+
+
+class PayoutDestination:
+    openapi = {"post": op("Set where your card-rail earnings are paid (a Stripe Connect account)", "money",
+                          auth="account", body=DESTINATION, responses={"201": open_obj(stripe_account={"type": "string"})})}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        who = principal(req, "api_key", "session")
+        who.require_role("seller")
+        body = read_json(req, DESTINATION)
+        resp.media = req.context.runtime.market.set_payout_destination(meta(req, who), who.account_id,
+                                                                       body["stripe_account"])
+        resp.status = falcon.HTTP_201
+
+
+class Statements:
+    openapi = {"get": op("Your seller statement: earnings per channel, fees, payouts, payable", "money",
+                         auth="account", responses={"200": open_obj(earnings={"type": "array"},
+                                                                    payouts={"type": "array"})})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from projections.balances import statement_of
+
+        who = principal(req, "api_key", "session", "oauth_client")
+        resp.media = statement_of(req.context.runtime.views, who.account_id)

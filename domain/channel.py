@@ -1,0 +1,266 @@
+"""Channel: a buyer's prepaid balance that sellers are paid from, debit by debit.
+
+A channel is funded on one rail, fixed at open: ``chain`` (an ERC-20 deposit in the
+Channels contract, credited only from the contract's own event) or ``card`` (a Stripe
+PaymentIntent, credited only from its verified ``payment_intent.succeeded`` webhook).
+The fee (basis points) is snapshotted at open; each debit's fee is rounded down, so the
+sum of fees never exceeds what the contract allows (``fee*10000 <= cumulative*fee_bps``).
+
+On chain channels every debit carries the buyer's EIP-712 cumulative voucher (checked by
+the caller); the hub refuses a debit that would leave more than ``unsigned_allowance_minor``
+charged but not signed for. Idempotency keys live in the channel's own state, so a retried
+debit returns the first answer from any host, and another body under the same key is refused.
+
+Pure: time comes in as ``now_s``; no I/O inside event methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from domain.base import MarketAggregate
+from domain.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
+from domain.ledger import LedgerInvariantViolated
+from domain.money import BPS_DENOMINATOR
+
+MAX_CHAIN_SELLERS = 15  # the contract pays at most 16 payees per settle; one slot spare
+AMOUNT_MAX_MINOR = 10**18
+
+
+def fee_for(amount_minor: int, fee_bps: int) -> int:
+    """The fee on one debit, rounded down (the buyer never pays more than the rate)."""
+    return amount_minor * fee_bps // BPS_DENOMINATOR
+
+
+class Channel(MarketAggregate):
+    """One payment channel: deposit, debits, latest voucher, close and settlement."""
+
+    @event("Opened")
+    def __init__(
+        self, id: UUID, meta: dict, buyer_account_id: str, currency: str, rail: str,
+        deposit_minor: int, funding_ref: str, expiry_s: int, fee_bps: int, unsigned_allowance_minor: int,
+        buyer_wallet: str, chain_channel_id: str, opened_at_s: int,
+    ) -> None:
+        self.buyer_account_id = buyer_account_id
+        self.currency = currency
+        self.rail = rail
+        self.deposit_minor = deposit_minor
+        self.expiry_s = expiry_s
+        self.fee_bps = fee_bps
+        self.unsigned_allowance_minor = unsigned_allowance_minor
+        self.buyer_wallet = buyer_wallet
+        self.chain_channel_id = chain_channel_id
+        self.opened_at_s = opened_at_s
+        self.status = "open" if deposit_minor > 0 else "pending"
+        self.spent_minor = 0
+        self.fee_minor = 0
+        self.voucher_minor = 0
+        self.voucher_signature = ""
+        self.sellers: dict[str, dict[str, int]] = {}  # seller -> {"net_minor", "fee_minor"}
+        self.debits: dict[str, dict[str, Any]] = {}  # idempotency key -> {"request_hash", "result"}
+        self.funding_refs = [funding_ref] if funding_ref else []
+        self.settled_minor = 0
+        self.refunded_minor = 0
+        self.settlement_ref = ""
+        self.close_reason = ""
+
+    # -- funding ------------------------------------------------------------------------------
+    def top_up(self, meta: dict, *, amount_minor: int, funding_ref: str) -> None:
+        """Add funds that the rail proved arrived (the caller checked the proof)."""
+        _check_amount(amount_minor)
+        if self.status not in ("pending", "open"):
+            raise InvalidState(f"channel is {self.status}; it takes no more funds")
+        if funding_ref in self.funding_refs:
+            return  # the same proof twice changes nothing
+        self._topped_up(meta=meta, amount_minor=amount_minor, funding_ref=funding_ref)
+
+    @event("ToppedUp")
+    def _topped_up(self, meta: dict, amount_minor: int, funding_ref: str) -> None:
+        self.deposit_minor += amount_minor
+        self.funding_refs.append(funding_ref)
+        self.status = "open"
+
+    # -- debits -------------------------------------------------------------------------------
+    def replay(self, key: str, request_hash: str) -> dict[str, Any] | None:
+        """The first answer for ``key`` if this exact request was seen; None if new."""
+        seen = self.debits.get(key)
+        if seen is None:
+            return None
+        if seen["request_hash"] != request_hash:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with another request", param="Idempotency-Key")
+        return {**seen["result"], "replayed": True}
+
+    def debit(
+        self, meta: dict, *, key: str, request_hash: str, amount_minor: int, seller_account_id: str,
+        purpose: str, now_s: int, voucher: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Charge ``amount_minor`` to pay ``seller_account_id``; return the debit's answer.
+
+        ``voucher`` (chain channels) is ``{"cumulative_minor", "signature"}`` whose signature
+        the caller already verified against the buyer's wallet.
+        """
+        replayed = self.replay(key, request_hash)
+        if replayed is not None:
+            return replayed
+        _check_amount(amount_minor)
+        if self.status != "open":
+            raise InvalidState(f"channel is {self.status}; no debits")
+        if now_s >= self.expiry_s:
+            raise InvalidState("channel has expired; no debits")
+        spent_after = self.spent_minor + amount_minor
+        if spent_after > self.deposit_minor:
+            raise InsufficientFunds(
+                f"channel holds {self.deposit_minor - self.spent_minor} minor units; debit needs {amount_minor}",
+                available_minor=self.deposit_minor - self.spent_minor)
+        if self.rail == "chain":
+            self._check_chain_debit(spent_after, seller_account_id, voucher)
+            if voucher is not None and voucher["cumulative_minor"] > self.voucher_minor:
+                self._voucher_recorded(meta=meta, cumulative_minor=voucher["cumulative_minor"],
+                                       signature=voucher["signature"])
+        self._debited(meta=meta, amount_minor=amount_minor, fee_minor=fee_for(amount_minor, self.fee_bps),
+                      seller_account_id=seller_account_id, purpose=purpose, idempotency_key=key,
+                      request_hash=request_hash)
+        return {**self.debits[key]["result"], "replayed": False}
+
+    def _check_chain_debit(self, spent_after: int, seller: str, voucher: dict[str, Any] | None) -> None:
+        signed = self.voucher_minor
+        if voucher is not None:
+            cumulative = voucher["cumulative_minor"]
+            if cumulative < self.voucher_minor:
+                raise InvalidInput("voucher is below the latest one the buyer signed", param="voucher")
+            # The hub never holds a voucher above what it charged: settling one would pay
+            # sellers money they did not earn (or leave it nowhere).
+            if cumulative > spent_after:
+                raise InvalidInput(f"voucher must not exceed the channel's spend after this debit ({spent_after})",
+                                   param="voucher.cumulative_minor")
+            signed = cumulative
+        if spent_after - signed > self.unsigned_allowance_minor:
+            raise InvalidInput(
+                f"a voucher for cumulative {spent_after} is required (unsigned allowance "
+                f"{self.unsigned_allowance_minor})", param="voucher", required_cumulative_minor=spent_after)
+        if seller not in self.sellers and len(self.sellers) >= MAX_CHAIN_SELLERS:
+            raise InvalidState(f"a chain channel pays at most {MAX_CHAIN_SELLERS} sellers")
+
+    @event("VoucherRecorded")
+    def _voucher_recorded(self, meta: dict, cumulative_minor: int, signature: str) -> None:
+        self.voucher_minor = cumulative_minor
+        self.voucher_signature = signature
+
+    @event("Debited")
+    def _debited(
+        self, meta: dict, amount_minor: int, fee_minor: int, seller_account_id: str, purpose: str,
+        idempotency_key: str, request_hash: str,
+    ) -> None:
+        self.spent_minor += amount_minor
+        self.fee_minor += fee_minor
+        seller = self.sellers.setdefault(seller_account_id, {"net_minor": 0, "fee_minor": 0})
+        seller["net_minor"] += amount_minor - fee_minor
+        seller["fee_minor"] += fee_minor
+        self.debits[idempotency_key] = {"request_hash": request_hash, "result": {
+            "channel_id": str(self.id), "sequence": len(self.debits) + 1, "amount_minor": amount_minor,
+            "fee_minor": fee_minor, "currency": self.currency, "seller_account_id": seller_account_id,
+            "purpose": purpose, "spent_minor": self.spent_minor,
+            "remaining_minor": self.deposit_minor - self.spent_minor}}
+
+    # -- close, expiry, settlement ------------------------------------------------------------
+    def request_close(self, meta: dict, *, now_s: int, reason: str = "requested") -> bool:
+        """Stop debits and ask for settlement; False if it was already closing or done."""
+        if self.status in ("closing", "settled"):
+            return False
+        if reason == "expired":
+            self._expired(meta=meta, at_s=now_s)
+        else:
+            self._close_requested(meta=meta, at_s=now_s, reason=reason)
+        return True
+
+    @event("CloseRequested")
+    def _close_requested(self, meta: dict, at_s: int, reason: str) -> None:
+        self.status = "closing"
+        self.close_reason = reason
+
+    @event("Expired")
+    def _expired(self, meta: dict, at_s: int) -> None:
+        self.status = "closing"
+        self.close_reason = "expired"
+
+    def settlement_split(self) -> dict[str, Any]:
+        """What a settlement pays: the latest voucher (chain) or the spend (card), split.
+
+        When the buyer signed less than was charged (only with an unsigned allowance), the
+        fee and sellers' shares are cut back to fit the signed amount, sellers in id order.
+        """
+        cumulative = self.voucher_minor if self.rail == "chain" else self.spent_minor
+        fee = min(self.fee_minor, fee_for(cumulative, self.fee_bps))
+        left = cumulative - fee
+        paid: dict[str, int] = {}
+        for seller in sorted(self.sellers):
+            share = min(self.sellers[seller]["net_minor"], left)
+            paid[seller] = share
+            left -= share
+        if left:
+            raise LedgerInvariantViolated("settlement split does not cover the voucher")
+        reversed_ = {s: self.sellers[s]["net_minor"] - a for s, a in paid.items() if self.sellers[s]["net_minor"] > a}
+        return {"cumulative_minor": cumulative, "fee_minor": fee, "seller_amounts": paid,
+                "seller_reversed": reversed_, "fee_reversed_minor": self.fee_minor - fee,
+                "refund_minor": self.deposit_minor - cumulative}
+
+    def settle(self, meta: dict, *, settlement_ref: str) -> None:
+        """Record the settlement (confirmed on chain, or internal for card) and the refund."""
+        if self.status == "settled":
+            return
+        if self.status != "closing":
+            raise InvalidState("close the channel before settling it")
+        split = self.settlement_split()
+        self._settled(meta=meta, settlement_ref=settlement_ref, **split)
+        if split["refund_minor"]:
+            self._refunded(meta=meta, amount_minor=split["refund_minor"], refund_ref=settlement_ref)
+
+    @event("Settled")
+    def _settled(
+        self, meta: dict, settlement_ref: str, cumulative_minor: int, fee_minor: int,
+        seller_amounts: dict[str, int], seller_reversed: dict[str, int], fee_reversed_minor: int, refund_minor: int,
+    ) -> None:
+        self.status = "settled"
+        self.settled_minor = cumulative_minor
+        self.settlement_ref = settlement_ref
+
+    @event("Refunded")
+    def _refunded(self, meta: dict, amount_minor: int, refund_ref: str) -> None:
+        self.refunded_minor += amount_minor
+
+    # -- invariants and views -----------------------------------------------------------------
+    def check_invariants(self) -> None:
+        """Assert the money rules; a failure is a bug (raised, never swallowed)."""
+        if not 0 <= self.spent_minor <= self.deposit_minor:
+            raise LedgerInvariantViolated(f"channel {self.id} spent {self.spent_minor} of {self.deposit_minor}")
+        if sum(s["net_minor"] + s["fee_minor"] for s in self.sellers.values()) != self.spent_minor:
+            raise LedgerInvariantViolated(f"channel {self.id} seller shares do not add up to the spend")
+        if self.fee_minor * BPS_DENOMINATOR > self.spent_minor * self.fee_bps:
+            raise LedgerInvariantViolated(f"channel {self.id} fees above the rate")
+        if self.rail == "chain":
+            if not self.settled_minor <= self.voucher_minor <= self.deposit_minor:
+                raise LedgerInvariantViolated(f"channel {self.id}: settled <= voucher <= deposit broken")
+            if self.spent_minor - self.voucher_minor > self.unsigned_allowance_minor:
+                raise LedgerInvariantViolated(f"channel {self.id}: unsigned exposure above the allowance")
+        if self.status == "settled" and self.settled_minor + self.refunded_minor != self.deposit_minor:
+            raise LedgerInvariantViolated(f"channel {self.id}: settlement + refund != deposit")
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id), "buyer_account_id": self.buyer_account_id, "currency": self.currency,
+            "rail": self.rail, "status": self.status, "deposit_minor": self.deposit_minor,
+            "spent_minor": self.spent_minor, "remaining_minor": self.deposit_minor - self.spent_minor,
+            "fee_bps": self.fee_bps, "fee_minor": self.fee_minor, "expiry_s": self.expiry_s,
+            "voucher_minor": self.voucher_minor, "unsigned_allowance_minor": self.unsigned_allowance_minor,
+            "buyer_wallet": self.buyer_wallet or None, "chain_channel_id": self.chain_channel_id or None,
+            "settled_minor": self.settled_minor, "refunded_minor": self.refunded_minor,
+            "settlement_ref": self.settlement_ref or None, "debits": len(self.debits),
+        }
+
+
+def _check_amount(amount_minor: Any) -> None:
+    if type(amount_minor) is not int or not 0 < amount_minor <= AMOUNT_MAX_MINOR:
+        raise InvalidInput(f"amount_minor must be an integer in 1..{AMOUNT_MAX_MINOR}", param="amount_minor")

@@ -1,0 +1,145 @@
+"""Property test: random sequences of opens, top-ups, debits, closes, expiries, settlements
+and refunds; after every step the ledger balances to zero per currency, no channel or
+payable is below zero, and settled <= voucher <= deposit holds on every channel."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from domain import ledger
+from domain.channel import Channel, fee_for
+from domain.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
+from domain.ledger import ChannelRef, LedgerInvariantViolated
+
+META = {"actor": "test", "correlation_id": "c", "causation_id": "c"}
+SELLERS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
+NOW = 1_000_000
+
+
+class ChannelMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: list[Channel] = []
+        self.refs: dict[str, ChannelRef] = {}
+        self.balances: dict[tuple[str, str], int] = defaultdict(int)
+        self.acknowledged: dict[str, int] = defaultdict(int)  # channel -> sum of debits answered
+        self.keys: dict[str, tuple[str, int, str]] = {}
+        self.now = NOW
+        self.serial = 0
+
+    def _apply(self, channel: Channel) -> None:
+        ref = self.refs[str(channel.id)]
+        for event in channel.collect_events():
+            postings = ledger.channel_postings(ref, event)
+            ledger.check_balanced(postings)
+            for p in postings:
+                self.balances[(p.account, p.currency)] += p.amount_minor
+
+    def _open(self, rail: str, deposit: int, fee_bps: int, allowance: int) -> None:
+        self.serial += 1
+        channel = Channel(id=uuid.uuid4(), meta=META, buyer_account_id=f"b{self.serial % 2}",
+                          currency="TUSD" if rail == "chain" else "USD", rail=rail, deposit_minor=deposit,
+                          funding_ref=f"f{self.serial}", expiry_s=self.now + 1000, fee_bps=fee_bps,
+                          unsigned_allowance_minor=allowance, buyer_wallet="0x" + "1" * 40,
+                          chain_channel_id="0x" + "2" * 64, opened_at_s=self.now)
+        self.refs[str(channel.id)] = ChannelRef(str(channel.id), channel.buyer_account_id, channel.currency, rail)
+        self.channels.append(channel)
+        self._apply(channel)
+
+    @initialize()
+    def first(self) -> None:
+        self._open("card", 1000, 500, 0)
+
+    @rule(rail=st.sampled_from(["card", "chain"]), deposit=st.integers(0, 5000), fee_bps=st.sampled_from([0, 500, 999]),
+          allowance=st.sampled_from([0, 0, 50]))
+    def open(self, rail: str, deposit: int, fee_bps: int, allowance: int) -> None:
+        self._open(rail, deposit, fee_bps, allowance)
+
+    @rule(i=st.integers(0, 50), amount=st.integers(1, 3000), ref=st.integers(0, 3))
+    def top_up(self, i: int, amount: int, ref: int) -> None:
+        channel = self.channels[i % len(self.channels)]
+        try:
+            channel.top_up(META, amount_minor=amount, funding_ref=f"topup-{ref}")
+        except InvalidState:
+            assert channel.status in ("closing", "settled")
+        self._apply(channel)
+
+    @rule(i=st.integers(0, 50), amount=st.integers(1, 700), seller=st.sampled_from(SELLERS),
+          key=st.integers(0, 30), sign=st.sampled_from(["exact", "none", "short"]))
+    def debit(self, i: int, amount: int, seller: str, key: int, sign: str) -> None:
+        channel = self.channels[i % len(self.channels)]
+        k = f"k{key}"
+        body_hash = f"{amount}:{seller}"
+        voucher = None
+        if channel.rail == "chain" and sign != "none":
+            cumulative = channel.spent_minor + amount - (channel.unsigned_allowance_minor if sign == "short" else 0)
+            voucher = {"cumulative_minor": max(cumulative, channel.voucher_minor), "signature": "0xsig"}
+        before = channel.spent_minor
+        try:
+            result = channel.debit(META, key=k, request_hash=body_hash, amount_minor=amount, seller_account_id=seller,
+                                   purpose="p", now_s=self.now, voucher=voucher)
+        except IdempotencyKeyReused:
+            assert k in channel.debits and channel.debits[k]["request_hash"] != body_hash
+            return
+        except InsufficientFunds:
+            assert before + amount > channel.deposit_minor
+            return
+        except (InvalidState, InvalidInput):
+            assert channel.spent_minor == before
+            return
+        if result["replayed"]:
+            assert channel.spent_minor == before  # a retry never charges twice
+        else:
+            assert channel.spent_minor == before + amount
+            assert result["fee_minor"] == fee_for(amount, channel.fee_bps)
+            self.acknowledged[str(channel.id)] += amount
+        self._apply(channel)
+
+    @rule(i=st.integers(0, 50), reason=st.sampled_from(["requested", "expired"]))
+    def close(self, i: int, reason: str) -> None:
+        channel = self.channels[i % len(self.channels)]
+        channel.request_close(META, now_s=self.now, reason=reason)
+        self._apply(channel)
+
+    @rule(i=st.integers(0, 50))
+    def settle(self, i: int) -> None:
+        channel = self.channels[i % len(self.channels)]
+        try:
+            channel.settle(META, settlement_ref="0xabc")
+        except InvalidState:
+            assert channel.status in ("open", "pending")
+        self._apply(channel)
+
+    @precondition(lambda self: True)
+    @rule(seconds=st.integers(0, 600))
+    def time_passes(self, seconds: int) -> None:
+        self.now += seconds
+
+    @invariant()
+    def ledger_invariants(self) -> None:
+        ledger.check_balances(self.balances)
+        for channel in self.channels:
+            channel.check_invariants()
+            cid = str(channel.id)
+            assert channel.spent_minor == self.acknowledged[cid]
+            account = ledger.channel_account(self.refs[cid])
+            expected = 0 if channel.status == "settled" else channel.deposit_minor - channel.spent_minor
+            assert self.balances[(account, channel.currency)] == expected
+
+
+TestChannelLedger = ChannelMachine.TestCase
+TestChannelLedger.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                                      suppress_health_check=list(HealthCheck))
+
+
+def test_invariant_violation_is_detected() -> None:
+    with pytest.raises(LedgerInvariantViolated):
+        ledger.check_balanced([ledger.Posting("a", "USD", 1)])
+    with pytest.raises(LedgerInvariantViolated):
+        ledger.check_balances({("buyer:x:channel:y", "USD"): -1, ("external:stripe", "USD"): 1})
