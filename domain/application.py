@@ -25,7 +25,7 @@ from domain.commands.devices import DeviceCommands
 from domain.commands.identity import IdentityCommands
 from domain.commands.money import MoneyCommands
 from domain.device import Device
-from domain.errors import Conflict, NotFound
+from domain.errors import Conflict, NotFound, TokenInvalid
 from domain.keyring import KEYRING_ID, Keyring
 from domain.listing import Listing
 from domain.ports import NonceStore
@@ -35,6 +35,7 @@ T = TypeVar("T")
 A = TypeVar("A", bound=MarketAggregate)
 
 CONFLICT_ATTEMPTS = 5
+KEYRING_CACHE_S = 5.0
 
 
 def utcnow() -> datetime:
@@ -60,6 +61,7 @@ class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyComm
         self.clock = clock
         self.bcrypt_rounds = bcrypt_rounds
         self.session_ttl_s = session_ttl_s
+        self._keyring_cache: tuple[float, Keyring] | None = None
 
     def now_s(self) -> int:
         return int(self.clock().timestamp())
@@ -91,11 +93,26 @@ class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyComm
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise Conflict("the resource changed concurrently; retry the request")
 
-    def keyring(self) -> Keyring:
+    def keyring(self, *, fresh: bool = False) -> Keyring:
+        """The platform keyring, read-only. Cached for a few seconds per process: it is read
+        on every authenticated request and changes only on a rotation, whose 24-hour grace
+        makes a few seconds of staleness harmless (an unknown key id forces a fresh read)."""
+        cached = self._keyring_cache
+        if not fresh and cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
         try:
-            return self.load(Keyring, KEYRING_ID)
+            keyring = self.load(Keyring, KEYRING_ID)
         except NotFound:
-            return self.retrying(self._create_keyring)
+            keyring = self.retrying(self._create_keyring)
+        self._keyring_cache = (time.monotonic() + KEYRING_CACHE_S, keyring)
+        return keyring
+
+    def check_platform_kid(self, purpose: str, kid: str, now_s: int) -> None:
+        """Raise unless ``kid`` may sign now; re-read once in case another host just rotated."""
+        try:
+            self.keyring().check_accepted(purpose, kid, now_s)
+        except TokenInvalid:
+            self.keyring(fresh=True).check_accepted(purpose, kid, now_s)
 
     def _create_keyring(self) -> Keyring:
         if self.exists(KEYRING_ID):
@@ -106,9 +123,13 @@ class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyComm
 
     def rotate_platform_key(self, meta: dict[str, Any], purpose: str) -> str:
         def command() -> str:
-            keyring = self.keyring()
+            keyring = self.keyring(fresh=True)
+            self._keyring_cache = None  # the cached object is about to change
             kid = keyring.rotate(meta, purpose, at_s=self.now_s())
             self.save(keyring)
             return kid
 
-        return self.retrying(command)
+        try:
+            return self.retrying(command)
+        finally:
+            self._keyring_cache = None

@@ -107,7 +107,7 @@ class DeviceCommands:
             raise InvalidInput("challenge is required", param="challenge")
         header = tokens.peek_header(challenge)
         now_s = self.now_s()
-        self.keyring().check_accepted("session", header.kid, now_s)
+        self.check_platform_kid("session", header.kid, now_s)
         claims = tokens.decode_hs256(challenge, self.secrets.session_key(header.kid), audience=self.hub_url,
                                      now_s=now_s, typs=(ENROLL_TYP,))
         if claims.get("sub") != account_id:
