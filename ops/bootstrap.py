@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,14 +82,28 @@ def event_store_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def ensure_schema(settings: Settings) -> None:
-    if settings.embedded or settings.db_schema == "public":
+SCHEMA_LOCK_KEY = 7_346_112_000
+
+
+@contextmanager
+def schema_lock(settings: Settings) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while tables are created: processes and hosts that
+    start at the same moment would otherwise race on ``CREATE TABLE IF NOT EXISTS`` (it can
+    fail on the catalogue's unique index). SQLite serialises DDL by itself."""
+    if settings.embedded:
+        yield
         return
     import psycopg
     from psycopg import sql
 
     with psycopg.connect(settings.pg_conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema)))
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        try:
+            if settings.db_schema != "public":
+                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(settings.db_schema)))
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
 
 
 def build_views(settings: Settings) -> ViewDB:
@@ -99,19 +114,19 @@ def build_views(settings: Settings) -> ViewDB:
 
 
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Runtime:
-    ensure_schema(settings)
-    views = build_views(settings)
-    nonces = DbNonceStore(views, clock_s=lambda: int(clock().timestamp()))
-    market = Marketplace(
-        event_store_env(settings), secrets=PlatformSecrets(platform_secret(settings)), hub_url=settings.hub_url,
-        nonces=nonces, clock=clock, bcrypt_rounds=settings.bcrypt_rounds, session_ttl_s=settings.session_ttl_s,
-    )
-    runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces)
-    from workers.money_adapters import wire_money  # money adapters: lazy, nothing connects here
+    with schema_lock(settings):
+        views = build_views(settings)
+        nonces = DbNonceStore(views, clock_s=lambda: int(clock().timestamp()))
+        market = Marketplace(
+            event_store_env(settings), secrets=PlatformSecrets(platform_secret(settings)), hub_url=settings.hub_url,
+            nonces=nonces, clock=clock, bcrypt_rounds=settings.bcrypt_rounds, session_ttl_s=settings.session_ttl_s,
+        )
+        runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces)
+        from workers.money_adapters import wire_money  # money adapters: lazy, nothing connects here
 
-    wire_money(runtime)
-    for runner in runtime.runners():
-        runner.setup()  # read models exist (empty) before the first request reads them
+        wire_money(runtime)
+        for runner in runtime.runners():
+            runner.setup()  # read models exist (empty) before the first request reads them
     return runtime
 
 

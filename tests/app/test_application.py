@@ -69,3 +69,29 @@ def test_settings_errors_are_clear(tmp_path) -> None:
     secret = platform_secret(embedded)
     assert platform_secret(embedded) == secret and len(secret) == 32
     assert (tmp_path / "d" / "platform.secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_many_processes_can_start_on_a_new_schema_at_once(make_settings) -> None:
+    """Gunicorn workers and hosts start together: table creation must not race."""
+    import threading
+
+    from ops.bootstrap import build_runtime
+
+    settings = make_settings("postgres")
+    errors: list[BaseException] = []
+    runtimes = []
+
+    def start() -> None:
+        try:
+            runtimes.append(build_runtime(settings))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rt in runtimes:
+        rt.close()
+    assert not errors, errors
