@@ -20,6 +20,7 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.account import Account
 from domain.base import MarketAggregate, Meta
+from domain.channel import Channel
 from domain.commands.catalogue import CatalogueCommands
 from domain.commands.devices import DeviceCommands
 from domain.commands.identity import IdentityCommands
@@ -47,7 +48,8 @@ class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyComm
 
     name = "aimarket"
     # Long-lived aggregates snapshot so loading stays fast as their streams grow.
-    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50, Listing: 50}  # noqa: RUF012
+    # Channels snapshot too: a busy channel holds thousands of debits.
+    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50, Listing: 50, Channel: 100}  # noqa: RUF012
 
     def __init__(
         self, env: dict[str, str], *, secrets: PlatformSecrets, hub_url: str,

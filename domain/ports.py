@@ -10,3 +10,16 @@ class NonceStore(Protocol):
 
     def use_once(self, key: str, ttl_s: int) -> None:
         """Record ``key`` for ``ttl_s`` seconds; raise TokenReplayed if it was already used."""
+
+
+class PayoutGateway(Protocol):
+    """Pays sellers out by the card rail (implemented by ``workers.payments.stripe_gateway``).
+
+    Raises ``domain.errors.Unavailable`` when a retry with the same ``payout_id`` may
+    succeed, and ``domain.errors.InvalidInput`` when the provider refused for good; the
+    application depends on these two only, never on a worker's module.
+    """
+
+    def create_transfer(self, *, amount_minor: int, currency: str, destination: str,
+                        payout_id: str) -> dict[str, str]:
+        """Transfer ``amount_minor`` to ``destination`` idempotently (key: ``payout_id``)."""

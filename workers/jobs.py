@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("workers")
 NONCE_SWEEP_EVERY_S = 600
+SETTLEMENT_SWEEP_EVERY_S = 60  # far below the settle margin (an hour by default)
+PAYOUT_SWEEP_EVERY_S = 3600
 
 
 class Jobs:
@@ -24,6 +26,12 @@ class Jobs:
         self._runtime: Any = None
         self.sweep_nonces = dramatiq.actor(self._sweep_nonces, broker=broker, actor_name="sweep_nonces",
                                            queue_name="maintenance", max_retries=3)
+        # Money actors share this process's runtime (built once, lazily).
+        from workers.payouts import PayoutJobs
+        from workers.settlement import SettlementJobs
+
+        self.payouts = PayoutJobs(broker, lambda: self.runtime)
+        self.settlements = SettlementJobs(broker, lambda: self.runtime)
 
     @property
     def runtime(self) -> Any:
@@ -40,4 +48,6 @@ def schedules(jobs: Jobs) -> list[Schedule]:
     """What the cron loop enqueues, and how often."""
     from workers.cron import Schedule
 
-    return [Schedule("sweep_nonces", NONCE_SWEEP_EVERY_S, jobs.sweep_nonces.send)]
+    return [Schedule("sweep_nonces", NONCE_SWEEP_EVERY_S, jobs.sweep_nonces.send),
+            Schedule("sweep_settlements", SETTLEMENT_SWEEP_EVERY_S, jobs.settlements.sweep_settlements.send),
+            Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.payouts.sweep_payouts.send)]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from domain.errors import InvalidInput, NotFound
+from domain.commands.chain_settlement import ChainSettlementCommands
+from domain.errors import InvalidInput, NotFound, Unavailable
 from domain.ids import NS_PLATFORM, natural_id
 from domain.money import check_currency
 from domain.payout import PayoutDestination, SellerPayouts
-from workers.payments.errors import PaymentProviderRejected, PaymentProviderUnavailable
 
 if TYPE_CHECKING:
     from domain.application import Marketplace
@@ -18,7 +18,7 @@ NS_PAYOUT_DESTINATION = natural_id(NS_PLATFORM, "payout-destination")
 NS_SELLER_PAYOUTS = natural_id(NS_PLATFORM, "seller-payouts")
 
 
-class SettlementCommands:
+class SettlementCommands(ChainSettlementCommands):
     """Mixed into Marketplace through MoneyCommands; ``self`` is the application."""
 
     def set_payout_destination(self: Marketplace, meta: dict, account_id: str, stripe_account: str) -> dict[str, Any]:
@@ -71,8 +71,11 @@ class SettlementCommands:
     def send_payout(self: Marketplace, meta: dict, seller_account_id: str, currency: str, payout_id: str) -> str:
         """Make the Stripe transfer for a requested payout; return its status afterwards.
 
+        The gateway is a :class:`domain.ports.PayoutGateway`: ``Unavailable`` is transient,
+        ``InvalidInput`` a permanent refusal (the workers' Stripe errors subclass both).
+
         Raises:
-            PaymentProviderUnavailable: transient; the caller retries with backoff (same id).
+            Unavailable: transient; the caller retries with backoff (same id).
         """
         payouts = self.seller_payouts(seller_account_id, currency)
         if payouts is None:
@@ -83,10 +86,10 @@ class SettlementCommands:
         try:
             transfer = self.payments.create_transfer(amount_minor=payout["amount_minor"], currency=currency,
                                                      destination=payout["destination"], payout_id=payout_id)
-        except PaymentProviderUnavailable as exc:
+        except Unavailable as exc:
             self._payout_outcome(meta, seller_account_id, currency, payout_id, failed=(repr(exc), True))
             raise
-        except PaymentProviderRejected as exc:
+        except InvalidInput as exc:
             self._payout_outcome(meta, seller_account_id, currency, payout_id, failed=(repr(exc), False))
             return "failed"
         self._payout_outcome(meta, seller_account_id, currency, payout_id, transfer_id=transfer["id"])

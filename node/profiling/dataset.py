@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import date, datetime
 from pathlib import Path
@@ -105,7 +105,7 @@ def profile_path(path: str | os.PathLike, *, name_list: Iterable[str] | None = N
 def _profile_file(profiler: _Profiler, source: SourceFile, pool: Executor) -> dict:
     hasher = FileHasher(source.path)
     start = profiler.rows
-    for batch in iter_batches(source):
+    for batch in _read_ahead(iter_batches(source)):
         profiler.add_batch(batch, pool)
     return {
         "name": source.name,
@@ -114,6 +114,19 @@ def _profile_file(profiler: _Profiler, source: SourceFile, pool: Executor) -> di
         "sha256": hasher.digest().hex(),
         "rows": profiler.rows - start,
     }
+
+
+def _read_ahead(batches: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """Yield the batches while the next one is parsed on another thread.
+
+    Parsing a block would otherwise leave the cores idle between batches; one batch in
+    flight bounds the extra memory to one block.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile-read") as reader:
+        ahead = reader.submit(next, batches, None)
+        while (batch := ahead.result()) is not None:
+            ahead = reader.submit(next, batches, None)
+            yield batch
 
 
 def _sections(profiler: _Profiler) -> dict:

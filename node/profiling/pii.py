@@ -22,6 +22,7 @@ CHECK_BUDGET_PER_COLUMN = 2048  # distinct values validated in Python per column
 CHECK_BUDGET_PER_BATCH = 256
 SAMPLE_ROWS = 1000  # cells per batch used to classify a column (prose? textual?)
 HIGH_RISK_KINDS = ("payment_card", "iban", "national_id")
+_KIND = rules.classify(pl.col("c")).alias("kind")  # built once, not per column and batch
 
 
 @dataclass
@@ -125,7 +126,8 @@ class PiiScanner:
 
     def _scan_structured(self, column: ColumnPii, frame: pl.DataFrame, view: TextView) -> dict[str, pl.Series]:
         text = pl.col("v")
-        sub = frame.filter(text.str.contains(rules.PREFILTER) & ~text.str.contains(rules.NOT_IDENTIFIER))
+        # Two filters: the second pattern only runs on cells the first one kept.
+        sub = frame.filter(text.str.contains(rules.PREFILTER)).filter(~text.str.contains(rules.NOT_IDENTIFIER))
         if not sub.height:
             return {}
         # One pass of the combined pattern finds candidates of every kind; leftmost-first
@@ -134,7 +136,7 @@ class PiiScanner:
             sub.select("key", "w", text.str.extract_all(rules.COMBINED).alias("c"))
             .explode("c")
             .drop_nulls("c")
-            .with_columns(rules.classify(pl.col("c")).alias("kind"))
+            .with_columns(_KIND)
             .filter(pl.col("kind").is_not_null())
         )
         found: dict[str, pl.Series] = {}

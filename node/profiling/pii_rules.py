@@ -166,7 +166,12 @@ def ssn_valid(candidates: pl.Series) -> pl.Series:
 
 def email_valid(candidates: pl.Series) -> pl.Series:
     """Reject local parts or domains with empty labels (``a..b@x.org``, ``.a@x.org``)."""
-    return ~candidates.str.contains(r"\.\.|^\.|\.@|@[.-]|-\.")
+    # Literal searches (memchr-fast) rather than one alternation the regex engine scans
+    # byte by byte; the same test as ``\.\.|^\.|\.@|@[.-]|-\.``.
+    bad = candidates.str.starts_with(".")
+    for part in ("..", ".@", "@.", "@-", "-."):
+        bad = bad | candidates.str.contains(part, literal=True)
+    return ~bad
 
 
 def _iban_ok(value: str) -> bool:

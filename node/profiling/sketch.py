@@ -36,7 +36,9 @@ class DistinctSketch:
     def __init__(self, cap: int = DISTINCT_CAP) -> None:
         self.cap = cap
         self.level = 0
-        self.hashes = pl.Series("h", [], dtype=pl.UInt64)
+        self._hashes = pl.Series("h", [], dtype=pl.UInt64)
+        self._pending: list[pl.Series] = []
+        self._pending_len = 0
 
     def add(self, values: pl.Series) -> None:
         """Add a batch of values; nulls are ignored."""
@@ -44,11 +46,26 @@ class DistinctSketch:
 
     def add_hashes(self, hashes: pl.Series) -> None:
         """Add the hashes (``Series.hash(seed=SEED)``) of a batch of non-null values."""
-        hashes = _sampled(hashes, self.level)
-        self.hashes = pl.concat([self.hashes, hashes.rename("h")]).unique()
-        while self.hashes.len() > self.cap:
+        hashes = _sampled(hashes, self.level).rename("h")
+        self._pending.append(hashes)
+        self._pending_len += hashes.len()
+        if self._pending_len >= 4 * self.cap:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        self._hashes = pl.concat([self._hashes, *self._pending]).unique()
+        self._pending, self._pending_len = [], 0
+        while self._hashes.len() > self.cap:
             self.level += 1
-            self.hashes = _sampled(self.hashes, self.level)
+            self._hashes = _sampled(self._hashes, self.level)
+
+    @property
+    def hashes(self) -> pl.Series:
+        """The sampled distinct hashes."""
+        self._merge()
+        return self._hashes
 
     def estimate(self) -> int:
         """Estimated number of distinct non-null values."""
@@ -57,6 +74,7 @@ class DistinctSketch:
     @property
     def exact(self) -> bool:
         """Whether the estimate is an exact count."""
+        self._merge()
         return self.level == 0
 
 

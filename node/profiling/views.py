@@ -20,6 +20,7 @@ import polars as pl
 from node.profiling.sketch import SEED
 
 DISTINCT_SHARE = 0.5
+_PROBE_ROWS = 2048
 
 
 @dataclass
@@ -73,8 +74,11 @@ def prepare(column: pl.Series, share: float | None = None) -> TextView:
     raw = column.cast(pl.String)
     hashes = raw.hash(seed=SEED)
     limit = DISTINCT_SHARE if share is None else share
-    # Hash collisions can only lower this count; it only chooses the path.
-    if raw.len() and hashes.n_unique() <= limit * raw.len():
+    # The count only chooses the path (hash collisions could only lower it). A column
+    # whose first rows are nearly all different skips the full count: the row path.
+    probe = hashes.head(_PROBE_ROWS)
+    mostly_unique = limit < 0.9 and raw.len() > _PROBE_ROWS and probe.n_unique() > 0.9 * probe.len()
+    if raw.len() and not mostly_unique and hashes.n_unique() <= limit * raw.len():
         counts = (
             raw.rename("k")
             .to_frame()

@@ -206,3 +206,12 @@ def test_extra_name_list(tmp_path):
     assert profile_path(path)["pii"]["kinds_detected"] == []
     report = profile_path(path, name_list=["Zorblax"])
     assert report["pii"]["kinds_detected"] == ["person_name"]
+
+
+def test_email_syntax_check_matches_its_pattern():
+    # email_valid uses literal searches; they must agree with the documented pattern.
+    rng = random.Random(13)
+    values = ["".join(rng.choice("ab.@-1") for _ in range(rng.randint(0, 8))) for _ in range(20_000)]
+    series = pl.Series(values)
+    expected = ~series.str.contains(r"\.\.|^\.|\.@|@[.-]|-\.")
+    assert pii_rules.email_valid(series).to_list() == expected.to_list()

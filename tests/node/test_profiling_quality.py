@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -254,3 +255,65 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
     # (~200 MB: the working set of one 8 MiB block plus allocator arenas). Measured:
     # +38 MB for 61 MB, +56 MB for 123 MB; the 1 GB benchmark peaks at ~350 MB in total.
     assert result["extra_kb"] * 1024 < 0.5 * size, result
+
+
+def _mixed_frame(n: int = 3000) -> pl.DataFrame:
+    # Repeated, padded, null-token, damaged, typed and PII cells, so both paths meet
+    # every kind of cell and the Python validators' budgets run out.
+    rng = random.Random(9)
+    return pl.DataFrame({
+        "status": [rng.choice(["paid", " paid", "PAID", "NULL", "", "n/a", None, "yes", "bad\ufffd"]) for _ in range(n)],
+        "mixed": [rng.choice(["12", "3.5", "x", "2024-01-05", "2024-02-30", "1850-01-01", "inf", "1e5"]) for _ in range(n)],
+        "phone": [f"+1 415-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}" for _ in range(n)],
+        "ip": [rng.choice(["10.0.0.1", "2001:db8::1", "12:30:45", "::1", "256.1.1.1"]) for _ in range(n)],
+        "contact": [rng.choice(["John Smith", "Mary Brown", "ACME Ltd", "call John Carter"]) for _ in range(n)],
+        "email": [f"u{rng.randint(0, 50)}@example.com" for _ in range(n)],
+        "notes": [rng.choice(["reach me at a.b@x.org", "SSN 123-45-6789", "nothing here at all"]) for _ in range(n)],
+    })
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_distinct_value_path_matches_row_path(tmp_path, monkeypatch, fmt):
+    from node.profiling import views
+
+    path = tmp_path / f"mixed.{fmt}"
+    frame = _mixed_frame()
+    if fmt == "csv":
+        frame.write_csv(path)
+    else:
+        frame.write_parquet(path)
+    reports = {}
+    for share in (0.0, 1.0):  # every column on the row path, then on the distinct path
+        monkeypatch.setattr(views, "DISTINCT_SHARE", share)
+        reports[share] = profile_path(path)
+    assert reports[0.0] == reports[1.0]
+    assert reports[1.0]["pii"]["kinds_detected"] == ["email", "phone", "national_id", "ip_address", "person_name"]
+
+
+def test_view_counts_rows_on_both_paths():
+    from node.profiling.views import prepare, union_count
+
+    column = pl.Series(["a", " a", "b", None, "a", "c", "b"])
+    row, distinct = prepare(column, share=0.0), prepare(column, share=1.0)
+    assert not row.distinct and distinct.distinct
+    assert distinct.keys.to_list() == ["a", " a", "b", None, "c"]  # first-seen order
+    assert distinct.weights.to_list() == [2, 1, 2, 1, 1]
+    assert distinct.text.to_list() == ["a", "a", "b", None, "c"]
+    b_keys = pl.Series([2], dtype=pl.UInt32)  # "b" on the distinct path
+    assert distinct.count(b_keys) == 2
+    assert distinct.row_indexes(b_keys).to_list() == [2, 6]
+    assert row.count(pl.Series([2, 6], dtype=pl.UInt32)) == 2
+    # Rows holding "a" or "b", one part from each path: the union counts each row once.
+    a_rows = pl.Series([0, 4], dtype=pl.UInt32)
+    assert union_count([(distinct, b_keys), (row, a_rows), (row, pl.Series([4], dtype=pl.UInt32))]) == 4
+
+
+def test_duplicate_sketch_does_not_depend_on_batching():
+    frame = pl.DataFrame({"a": [i % 7000 for i in range(40_000)]})
+    whole, pieces = DuplicateRowSketch(cap=4096), DuplicateRowSketch(cap=4096)
+    whole.add(frame)
+    for offset in range(0, frame.height, 3000):
+        pieces.add(frame.slice(offset, 3000))
+    assert whole.duplicate_share() == pieces.duplicate_share()
+    assert whole.level == pieces.level
+    assert whole.counts.sort("h").equals(pieces.counts.sort("h"))
