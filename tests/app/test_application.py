@@ -84,7 +84,7 @@ def test_many_processes_can_start_on_a_new_schema_at_once(make_settings) -> None
     def start() -> None:
         try:
             runtimes.append(build_runtime(settings))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
