@@ -4,7 +4,6 @@ authentication, and the ``Meta`` (who/why) every command receives."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any
 
 import falcon
@@ -17,10 +16,17 @@ from domain.principal import Principal
 BODY_BYTES_MAX = 1_048_576
 
 
-@lru_cache(maxsize=256)
-def _validator(schema_json: str) -> jsonschema.protocols.Validator:
-    schema = json.loads(schema_json)
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """One compiled validator per schema object (schemas are module constants), so the hot
+    path does not re-serialise the schema on every request."""
+    entry = _VALIDATORS.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        entry = (schema, jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()))
+        _VALIDATORS[id(schema)] = entry
+    return entry[1]
 
 
 def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +46,7 @@ def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def check(value: Any, schema: dict[str, Any]) -> None:
-    error = jsonschema.exceptions.best_match(_validator(json.dumps(schema, sort_keys=True)).iter_errors(value))
+    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(value))
     if error is not None:
         param = ".".join(str(p) for p in error.absolute_path) or None
         raise InvalidInput(_describe(error, param), param=param)
