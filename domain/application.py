@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import IntegrityError
 
 from domain.account import Account
@@ -43,13 +43,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _call(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
 class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyCommands, Application[UUID]):
     """Every command of the marketplace; the single writer of the event log."""
 
     name = "aimarket"
-    # Long-lived aggregates snapshot so loading stays fast as their streams grow.
-    # Channels snapshot too: a busy channel holds thousands of debits.
-    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50, Listing: 50, Channel: 100}  # noqa: RUF012
+    # Long-lived aggregates snapshot so loading stays fast as their streams grow. A busy
+    # channel takes thousands of debits, so it snapshots less often (each snapshot holds its
+    # idempotency keys). See ``_take_snapshots``: snapshots come from the saved object.
+    snapshotting_intervals = {Account: 50, Device: 50, Keyring: 50, Listing: 50, Channel: 1000}  # noqa: RUF012
 
     def __init__(
         self, env: dict[str, str], *, secrets: PlatformSecrets, hub_url: str,
@@ -64,6 +69,33 @@ class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyComm
         self.bcrypt_rounds = bcrypt_rounds
         self.session_ttl_s = session_ttl_s
         self._keyring_cache: tuple[float, Keyring] | None = None
+        # How CPU-heavy calls that release the GIL run; an event-loop server swaps in its
+        # thread pool (``ops.serve``). Direct by default.
+        self.run_blocking: Callable[..., Any] = _call
+        # Platform tokens whose signature this process already checked: token -> (kid, claims).
+        self._verified_tokens: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def _take_snapshots(self, processing_event: ProcessingEvent) -> None:
+        """Snapshot every aggregate whose save crossed its interval, from the object saved.
+
+        The library re-reads the aggregate from the store to snapshot it, which put a full
+        reload on the debit hot path. Commands save the object they just changed and nothing
+        else touches it in between, so its state is exactly the recorded state.
+        """
+        if self.snapshots is None:
+            return
+        first: dict[UUID, int] = {}
+        for event in processing_event.events:
+            first.setdefault(event.originator_id, event.originator_version)
+        snapshots = []
+        for aggregate_id, aggregate in processing_event.aggregates.items():
+            interval = self.snapshotting_intervals.get(type(aggregate))
+            start = first.get(aggregate_id)
+            if interval and start is not None and aggregate.version // interval > (start - 1) // interval:
+                snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
+                snapshots.append(snapshot_class.take(aggregate))
+        if snapshots:
+            self.snapshots.put(snapshots)
 
     def now_s(self) -> int:
         return int(self.clock().timestamp())

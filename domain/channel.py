@@ -10,6 +10,8 @@ On chain channels every debit carries the buyer's EIP-712 cumulative voucher (ch
 the caller); the hub refuses a debit that would leave more than ``unsigned_allowance_minor``
 charged but not signed for. Idempotency keys live in the channel's own state, so a retried
 debit returns the first answer from any host, and another body under the same key is refused.
+A key is remembered for ``KEY_RETENTION_S`` (24 h, as card processors do) after its debit;
+older keys are dropped as later debits arrive, so the state stays bounded by the debit rate.
 
 Pure: time comes in as ``now_s``; no I/O inside event methods.
 """
@@ -27,6 +29,7 @@ from domain.ledger import LedgerInvariantViolated
 from domain.money import BPS_DENOMINATOR
 
 MAX_CHAIN_SELLERS = 15  # the contract pays at most 16 payees per settle; one slot spare
+KEY_RETENTION_S = 24 * 3600
 AMOUNT_MAX_MINOR = 10**18
 
 
@@ -60,7 +63,9 @@ class Channel(MarketAggregate):
         self.voucher_minor = 0
         self.voucher_signature = ""
         self.sellers: dict[str, dict[str, int]] = {}  # seller -> {"net_minor", "fee_minor"}
-        self.debits: dict[str, dict[str, Any]] = {}  # idempotency key -> {"request_hash", "result"}
+        # Idempotency key -> {"request_hash", "result", "at_s"}, oldest first (insertion order).
+        self.debits: dict[str, dict[str, Any]] = {}
+        self.debit_count = 0
         self.funding_refs = [funding_ref] if funding_ref else []
         self.settled_minor = 0
         self.refunded_minor = 0
@@ -122,7 +127,7 @@ class Channel(MarketAggregate):
                                        signature=voucher["signature"])
         self._debited(meta=meta, amount_minor=amount_minor, fee_minor=fee_for(amount_minor, self.fee_bps),
                       seller_account_id=seller_account_id, purpose=purpose, idempotency_key=key,
-                      request_hash=request_hash)
+                      request_hash=request_hash, at_s=now_s)
         return {**self.debits[key]["result"], "replayed": False}
 
     def _check_chain_debit(self, spent_after: int, seller: str, voucher: dict[str, Any] | None) -> None:
@@ -152,18 +157,28 @@ class Channel(MarketAggregate):
     @event("Debited")
     def _debited(
         self, meta: dict, amount_minor: int, fee_minor: int, seller_account_id: str, purpose: str,
-        idempotency_key: str, request_hash: str,
+        idempotency_key: str, request_hash: str, at_s: int = 0,
     ) -> None:
         self.spent_minor += amount_minor
         self.fee_minor += fee_minor
         seller = self.sellers.setdefault(seller_account_id, {"net_minor": 0, "fee_minor": 0})
         seller["net_minor"] += amount_minor - fee_minor
         seller["fee_minor"] += fee_minor
-        self.debits[idempotency_key] = {"request_hash": request_hash, "result": {
-            "channel_id": str(self.id), "sequence": len(self.debits) + 1, "amount_minor": amount_minor,
+        self.debit_count += 1
+        self.debits[idempotency_key] = {"request_hash": request_hash, "at_s": at_s, "result": {
+            "channel_id": str(self.id), "sequence": self.debit_count, "amount_minor": amount_minor,
             "fee_minor": fee_minor, "currency": self.currency, "seller_account_id": seller_account_id,
             "purpose": purpose, "spent_minor": self.spent_minor,
             "remaining_minor": self.deposit_minor - self.spent_minor}}
+        # Forget keys past the retention window (time from the event, so replays agree).
+        for key in list(self._expired_keys(at_s - KEY_RETENTION_S)):
+            del self.debits[key]
+
+    def _expired_keys(self, before_s: int) -> Any:
+        for key, seen in self.debits.items():
+            if seen["at_s"] > before_s:
+                return
+            yield key
 
     # -- close, expiry, settlement ------------------------------------------------------------
     def request_close(self, meta: dict, *, now_s: int, reason: str = "requested") -> bool:
@@ -257,7 +272,7 @@ class Channel(MarketAggregate):
             "voucher_minor": self.voucher_minor, "unsigned_allowance_minor": self.unsigned_allowance_minor,
             "buyer_wallet": self.buyer_wallet or None, "chain_channel_id": self.chain_channel_id or None,
             "settled_minor": self.settled_minor, "refunded_minor": self.refunded_minor,
-            "settlement_ref": self.settlement_ref or None, "debits": len(self.debits),
+            "settlement_ref": self.settlement_ref or None, "debits": self.debit_count,
         }
 
 

@@ -10,12 +10,13 @@ from ops.settings import Settings
 
 
 class HubServer(BaseApplication):
-    """Gunicorn with gthread workers; ``load`` runs in the worker (``preload_app`` is off)."""
+    """Gunicorn (gevent or gthread workers); ``load`` runs in the worker (``preload_app`` is off)."""
 
     def __init__(self, settings: Settings, options: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.options = {
-            "bind": settings.bind, "workers": settings.web_workers, "worker_class": "gthread",
+            "bind": settings.bind, "workers": settings.web_workers, "worker_class": settings.worker_class,
+            "worker_connections": 1000,
             "threads": settings.web_threads, "preload_app": False, "accesslog": None, "keepalive": 5,
             "graceful_timeout": 10, "timeout": 60,
             **(options or {}),
@@ -31,6 +32,13 @@ class HubServer(BaseApplication):
         from api.app import create_app
 
         app = create_app(self.settings)
+        if self.settings.worker_class == "gevent":
+            # CPU-heavy calls that release the GIL (bcrypt, the embedding model) run on the
+            # hub's OS thread pool so they do not stall this worker's event loop.
+            import gevent
+
+            pool = gevent.get_hub().threadpool
+            app.runtime.market.run_blocking = lambda fn, *args: pool.apply(fn, args)
         if self.settings.run_projections_in_web:
             # Embedded default: every worker offers to run the projections; a file lock makes
             # exactly one of them active, and another takes over if that worker dies.

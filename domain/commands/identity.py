@@ -33,6 +33,8 @@ EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{2,63}$")
 PASSWORD_CHARS_MIN, PASSWORD_CHARS_MAX = 10, 256
 CREDENTIAL_RE = re.compile(r"^(aim|cli)_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 TOTP_CODE_RE = re.compile(r"^\d{6}$")
+PLATFORM_TYPS = (tokens.SESSION_TYP, tokens.ACCESS_TYP)
+VERIFIED_TOKENS_MAX = 10_000  # per process; cleared when full (a miss only costs one verify)
 # A real bcrypt hash to spend the same time on when the e-mail is unknown (no user enumeration).
 _DUMMY_HASH = bcrypt.hashpw(b"x" * 44, bcrypt.gensalt(4))
 
@@ -63,7 +65,8 @@ class IdentityCommands:
     def register(self: Marketplace, meta: dict, email: str, password: str, roles: list[str]) -> dict[str, Any]:
         email = normalise_email(email)
         roles = check_roles(roles, SELF_SERVICE_ROLES)
-        password_hash = bcrypt.hashpw(_prehash(_check_password_shape(password)), bcrypt.gensalt(self.bcrypt_rounds))
+        password_hash = self.run_blocking(
+            bcrypt.hashpw, _prehash(_check_password_shape(password)), bcrypt.gensalt(self.bcrypt_rounds))
         index_id = natural_id(NS_EMAIL, email)
 
         def command() -> dict[str, Any]:
@@ -98,9 +101,10 @@ class IdentityCommands:
         try:
             account = self.account_by_email(email)
         except (NotFound, InvalidInput):
-            bcrypt.checkpw(b"y" * 44, _DUMMY_HASH)
+            self.run_blocking(bcrypt.checkpw, b"y" * 44, _DUMMY_HASH)
             raise InvalidCredentials("wrong e-mail or password") from None
-        if not isinstance(password, str) or not bcrypt.checkpw(_prehash(password), account.password_hash.encode()):
+        if not isinstance(password, str) or not self.run_blocking(
+                bcrypt.checkpw, _prehash(password), account.password_hash.encode()):
             raise InvalidCredentials("wrong e-mail or password")
         if account.totp_enabled:
             self._check_totp(account, account.totp_ciphertext or "", totp_code)
@@ -117,15 +121,24 @@ class IdentityCommands:
         return {"access_token": token, "token_type": "Bearer", "expires_in": self.session_ttl_s}
 
     def authenticate_platform_token(self: Marketplace, token: str) -> Principal:
-        header = tokens.peek_header(token)
-        if header.alg != "HS256":
-            raise TokenInvalid("unsupported token algorithm")
         now_s = self.now_s()
-        self.check_platform_kid("session", header.kid, now_s)
-        key = self.secrets.session_key(header.kid)
-        claims = tokens.decode_hs256(
-            token, key, audience=self.hub_url, now_s=now_s, typs=(tokens.SESSION_TYP, tokens.ACCESS_TYP)
-        )
+        verified = self._verified_tokens.get(token)
+        if verified is not None:
+            # Signature and audience were checked when this exact string was first seen;
+            # what can change since (expiry, the key being retired) is checked every time.
+            kid, claims = verified
+            self.check_platform_kid("session", kid, now_s)
+            tokens.check_hs256_claims(claims, now_s=now_s, typs=PLATFORM_TYPS)
+        else:
+            header = tokens.peek_header(token)
+            if header.alg != "HS256":
+                raise TokenInvalid("unsupported token algorithm")
+            self.check_platform_kid("session", header.kid, now_s)
+            key = self.secrets.session_key(header.kid)
+            claims = tokens.decode_hs256(token, key, audience=self.hub_url, now_s=now_s, typs=PLATFORM_TYPS)
+            if len(self._verified_tokens) >= VERIFIED_TOKENS_MAX:
+                self._verified_tokens.clear()
+            self._verified_tokens[token] = (header.kid, claims)
         if claims["typ"] == tokens.ACCESS_TYP:
             return self._client_principal(claims)
         # The roles were signed into the token at login: trusting them saves two reads per
