@@ -228,3 +228,28 @@ class WalletMismatch(Forbidden):
 
     code = "wallet_mismatch"
     title = "Deposit made by another wallet"
+
+
+# -- carrying an error between processes (debits answered by the channel's owner) --------------
+def error_to_wire(exc: BaseException) -> dict[str, Any]:
+    """A JSON-able form of ``exc``; anything but a MarketError becomes ``unavailable``."""
+    if isinstance(exc, MarketError):
+        return {"code": exc.code, "detail": exc.detail, "param": exc.param, "extra": exc.extra}
+    return {"code": Unavailable.code, "detail": "the request could not be completed; retry it",
+            "param": None, "extra": {}}
+
+
+def error_from_wire(wire: dict[str, Any]) -> MarketError:
+    """The error ``error_to_wire`` described, as the same class (same code and status)."""
+    cls = _classes_by_code().get(str(wire.get("code")), Unavailable)
+    return cls(str(wire.get("detail") or ""), param=wire.get("param"), **dict(wire.get("extra") or {}))
+
+
+def _classes_by_code() -> dict[str, type[MarketError]]:
+    found: dict[str, type[MarketError]] = {}
+    pending: list[type[MarketError]] = [MarketError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from domain.application import Marketplace, utcnow
 from domain.secrets import PlatformSecrets
@@ -32,6 +33,7 @@ class Runtime:
     views: ViewDB
     nonces: DbNonceStore
     runner_group: RunnerGroup | None = field(default=None)
+    debit_batcher: Any = field(default=None)  # set by workers.money_adapters.wire_money
 
     def runners(self) -> list[ProjectionRunner]:
         return [make_runner(self, p) for p in all_projections()]
@@ -43,6 +45,8 @@ class Runtime:
     def close(self) -> None:
         if self.runner_group is not None:
             self.runner_group.stop()
+        if self.debit_batcher is not None and self.debit_batcher.router is not None:
+            self.debit_batcher.router.close()
         self.market.close()
         self.views.close()
 

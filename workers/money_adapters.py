@@ -74,7 +74,13 @@ def wire_money(runtime: Any) -> None:
     if s.debit_batch_ms > 0:
         from domain.commands.debit_batcher import DebitBatcher
 
-        runtime.debit_batcher = DebitBatcher(market, window_s=s.debit_batch_ms / 1000)
+        router = None
+        if s.redis_url and not s.embedded:
+            from ops.debit_routing import RedisDebitRouter
+
+            # Joins the members on the first debit this process takes (see DebitBatcher).
+            router = RedisDebitRouter(s.redis_url, namespace=f"aimarket:{s.pg_parts()['dbname']}:{s.db_schema}")
+        runtime.debit_batcher = DebitBatcher(market, window_s=s.debit_batch_ms / 1000, router=router)
     if s.stripe_api_key:
         from workers.payments.stripe_gateway import StripeGateway
 

@@ -9,6 +9,10 @@ Answers are released only after that commit, so an acknowledged debit is durable
 Channels stay cached between batches: a batch that loses an optimistic-concurrency race
 (another process wrote one of its channels) evicts the touched channels and runs again on
 fresh state, so two hosts can never both spend the same balance.
+
+With a ``router`` (``ops.debit_routing``), each channel has one owning process: a debit
+for another process's channel is checked here and then forwarded to its owner, so batches
+of different processes never touch the same channel and the cached state stays current.
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import structlog
 from eventsourcing.persistence import IntegrityError
 
 from domain.channel import Channel
 from domain.commands.money import check_idempotency_key, request_hash
-from domain.errors import Conflict, MarketError, NotFound
+from domain.errors import Conflict, MarketError, NotFound, error_from_wire
 
 if TYPE_CHECKING:
     from domain.application import Marketplace
@@ -43,13 +49,22 @@ class _Request:
     body: dict[str, Any]
     future: Future = field(default_factory=Future)
 
+    def to_wire(self) -> dict[str, Any]:
+        return {"meta": self.meta, "channel_id": str(self.channel_id), "key": self.key, "digest": self.digest,
+                "body": self.body}
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> _Request:
+        return cls(wire["meta"], UUID(wire["channel_id"]), wire["key"], wire["digest"], wire["body"])
+
 
 class DebitBatcher:
     """Per-process group committer of debits (thread-safe ``submit``)."""
 
     def __init__(self, market: Marketplace, *, window_s: float = 0.002, batch_max: int = 512,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, router: Any = None) -> None:
         self.market = market
+        self.router = router
         self.window_s = window_s
         self.batch_max = batch_max
         self.timeout_s = timeout_s
@@ -60,6 +75,8 @@ class DebitBatcher:
         self._facts_cache: dict[str, Channel] = {}
         self.batches = 0
         self.commits = 0
+        self.forward_fallbacks = 0
+        self.conflicts = 0  # batches that lost a version race and re-ran on fresh state
 
     def submit(self, meta: dict, account_id: str, channel_id: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
         """Debit as ``account_id``; returns the debit's answer once committed (or raises)."""
@@ -72,9 +89,32 @@ class DebitBatcher:
             market.wallet_of(normal["seller_account_id"])
             market.verify_debit_voucher(channel, normal["voucher"])
         request = _Request(meta, channel.id, key, request_hash(normal), normal)
+        router = self.router
+        if router is not None:
+            if not router.started:
+                router.start(self.accept_forwarded)
+            owner = router.owner_of(str(channel.id))
+            if owner != router.me:
+                answer = router.forward(owner, request.to_wire())
+                try:
+                    reply = answer.result(timeout=router.forward_wait_s)
+                except (FutureTimeout, Exception):  # noqa: BLE001 - owner gone or Redis down
+                    # Record it here: if the owner did record it, the key replays its answer.
+                    self.forward_fallbacks += 1
+                else:
+                    if "error" in reply:
+                        raise error_from_wire(reply["error"])
+                    return reply["ok"]
+        return self._enqueue(request).result(timeout=self.timeout_s)
+
+    def accept_forwarded(self, wire: dict[str, Any]) -> Future:
+        """A debit another process checked and forwarded here, its owner."""
+        return self._enqueue(_Request.from_wire(wire))
+
+    def _enqueue(self, request: _Request) -> Future:
         self._queue.put(request)
         self._ensure_thread()
-        return request.future.result(timeout=self.timeout_s)
+        return request.future
 
     def _facts(self, account_id: str, channel_id: str) -> Channel:
         """The channel's immutable facts (buyer, rail, wallet, chain id), loaded once.
@@ -124,6 +164,7 @@ class DebitBatcher:
             try:
                 outcomes = self._apply(batch)
             except IntegrityError:
+                self.conflicts += 1
                 self._evict({r.channel_id for r in batch})
                 continue
             except Exception as exc:  # noqa: BLE001 - store down etc.: every waiter gets the error

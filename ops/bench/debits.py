@@ -38,6 +38,7 @@ from tests.stubs import (  # noqa: E402  # noqa: E402
 )
 
 PG_URL = os.environ.get("AIMARKET_BENCH_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("AIMARKET_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def start_server(port: int, schema: str, stub_url: str, batch_ms: float, workers: int, threads: int) -> subprocess.Popen:
@@ -46,7 +47,8 @@ def start_server(port: int, schema: str, stub_url: str, batch_ms: float, workers
            "AIMARKET_HUB_URL": f"http://127.0.0.1:{port}", "AIMARKET_STRIPE_API_KEY": DEFAULT_API_KEY,
            "AIMARKET_STRIPE_WEBHOOK_SECRET": DEFAULT_WEBHOOK_SECRET, "AIMARKET_STRIPE_API_BASE": stub_url,
            "AIMARKET_DEBIT_BATCH_MS": str(batch_ms), "AIMARKET_WEB_WORKERS": str(workers),
-           "AIMARKET_WEB_THREADS": str(threads), "AIMARKET_PROJECTIONS_IN_WEB": "no"}
+           "AIMARKET_WEB_THREADS": str(threads), "AIMARKET_PROJECTIONS_IN_WEB": "no",
+           "AIMARKET_REDIS_URL": REDIS_URL}
     code = "from ops.settings import load_settings; from ops.serve import HubServer; HubServer(load_settings()).run()"
     log = open(f"/tmp/bench-debits-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -111,6 +113,31 @@ async def client(port: int, token: str, seller: str, channels: list[str], n: int
     writer.close()
 
 
+async def health_client(port: int, stop_at: float, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+    while time.perf_counter() < stop_at:
+        t0 = time.perf_counter()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+        latencies.append(time.perf_counter() - t0)
+    writer.close()
+
+
+async def ceiling(port: int, clients: int, seconds: float) -> dict:
+    """The same stack and client on ``GET /healthz`` (no auth, no store): the HTTP ceiling."""
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(health_client(port, start + seconds, latencies) for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    q = statistics.quantiles(sorted(latencies), n=100)
+    return {"mode": "ceiling: GET /healthz", "requests": len(latencies), "per_s": round(len(latencies) / elapsed),
+            "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2)}
+
+
 async def load(port: int, token: str, seller: str, channels: list[str], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     acked: dict[str, int] = {}
@@ -133,6 +160,9 @@ def run(mode: str, batch_ms: float, args: argparse.Namespace, stub: StripeStub, 
     proc = start_server(port, schema, stub.url, batch_ms, args.workers, args.threads)
     try:
         base = f"http://127.0.0.1:{port}"
+        if args.ceiling:
+            print(json.dumps({**asyncio.run(ceiling(port, args.clients, args.seconds / 2)), "server": mode}),
+                  flush=True)
         token, seller, channels = setup(base, stub, args.channels, 10**9)
         result = asyncio.run(load(port, token, seller, channels, args.clients, args.seconds))
         headers = {"Authorization": f"Bearer {token}"}
@@ -159,8 +189,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--port", type=int, default=18431)
+    parser.add_argument("--ceiling", action="store_true", help="also time GET /healthz on each server")
     args = parser.parse_args()
     with StripeStub() as stub:
         results = [run("baseline: one commit per debit", 0, args, stub, args.port),
