@@ -4,9 +4,11 @@ authentication, and the ``Meta`` (who/why) every command receives."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import falcon
+import fastjsonschema
 import jsonschema
 
 from domain.base import Meta
@@ -16,17 +18,24 @@ from domain.principal import Principal
 BODY_BYTES_MAX = 1_048_576
 
 
-_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
+_UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator, Callable[[Any], Any] | None]] = {}
 
 
-def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    """One compiled validator per schema object (schemas are module constants), so the hot
-    path does not re-serialise the schema on every request."""
+def _validators(schema: dict[str, Any]) -> tuple[jsonschema.protocols.Validator, Callable[[Any], Any] | None]:
+    """Per schema object (schemas are module constants): the jsonschema validator, which
+    explains errors, and a compiled one (fastjsonschema, ~10x faster) that decides the
+    common case of a valid body. Compiled lazily, once."""
     entry = _VALIDATORS.get(id(schema))
     if entry is None or entry[0] is not schema:
-        entry = (schema, jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()))
+        full = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+        try:
+            fast: Callable[[Any], Any] | None = fastjsonschema.compile(schema, formats={"uuid": _UUID_RE})
+        except fastjsonschema.JsonSchemaDefinitionException:
+            fast = None
+        entry = (schema, full, fast)
         _VALIDATORS[id(schema)] = entry
-    return entry[1]
+    return entry[1], entry[2]
 
 
 def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +55,14 @@ def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def check(value: Any, schema: dict[str, Any]) -> None:
-    error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(value))
+    full, fast = _validators(schema)
+    if fast is not None:
+        try:
+            fast(value)
+            return
+        except fastjsonschema.JsonSchemaValueException:
+            pass  # the full validator decides and explains
+    error = jsonschema.exceptions.best_match(full.iter_errors(value))
     if error is not None:
         param = ".".join(str(p) for p in error.absolute_path) or None
         raise InvalidInput(_describe(error, param), param=param)

@@ -8,7 +8,7 @@ Events hold primitives only: str, int, bool, None, and lists/dicts of them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -26,7 +26,8 @@ class Meta:
     causation_id: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies, and this runs on every request.
+        return {"actor": self.actor, "correlation_id": self.correlation_id, "causation_id": self.causation_id}
 
     def caused(self, causation_id: str) -> Meta:
         """The same actor and correlation, caused by another message (a worker step)."""
