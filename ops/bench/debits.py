@@ -130,6 +130,8 @@ async def health_client(port: int, stop_at: float, latencies: list[float]) -> No
 async def ceiling(port: int, clients: int, seconds: float) -> dict:
     """The same stack and client on ``GET /healthz`` (no auth, no store): the HTTP ceiling."""
     latencies: list[float] = []
+    warm_stop = time.perf_counter() + 1.0
+    await asyncio.gather(*(health_client(port, warm_stop, []) for _ in range(clients)))
     start = time.perf_counter()
     await asyncio.gather(*(health_client(port, start + seconds, latencies) for _ in range(clients)))
     elapsed = time.perf_counter() - start
