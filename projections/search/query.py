@@ -133,20 +133,32 @@ def _filter_sql(f: dict[str, Any]) -> tuple[str, list[Any]]:
 
 
 # ``{where}`` is built from fixed column names with ``?`` placeholders only (``_filter_sql``).
-PG_LEXICAL = ("SELECT s.listing_id, ts_rank_cd(s.tsv, wq) AS r FROM search_listings s,"
-              " websearch_to_tsquery('english', ?) wq WHERE s.tsv @@ wq AND {where} ORDER BY r DESC LIMIT ?")
+# Ranking reads each candidate's tsvector, so PostgreSQL ranks a bounded set: up to
+# LEXICAL_SCAN matches in index order (all of them when the terms are rare, which is when
+# the lexical signal matters) plus, separately, the semantic leg's top candidates.
+PG_LEXICAL = ("SELECT c.listing_id, ts_rank_cd(c.tsv, websearch_to_tsquery('english', ?)) AS r FROM"
+              " (SELECT s.listing_id, s.tsv FROM search_listings s WHERE s.tsv @@ websearch_to_tsquery('english', ?)"
+              " AND {where} LIMIT ?) c ORDER BY r DESC LIMIT ?")
+PG_LEXICAL_OF = ("SELECT s.listing_id, ts_rank_cd(s.tsv, wq) AS r FROM search_listings s,"
+                 " websearch_to_tsquery('english', ?) wq WHERE s.listing_id = ANY(?) AND s.tsv @@ wq")
+LEXICAL_SCAN = 1000
 # MATCH runs first in a MATERIALIZED CTE: joined filters would otherwise make SQLite scan the table.
 SQLITE_LEXICAL = ("WITH m AS MATERIALIZED (SELECT listing_id, bm25(search_fts, 0, 10, 5, 2, 1) AS r FROM search_fts"
                   " WHERE search_fts MATCH ?) SELECT m.listing_id, m.r FROM m JOIN search_listings s"
                   " ON s.listing_id = m.listing_id WHERE {where} ORDER BY m.r LIMIT ?")
 
 
-def lexical(views: ViewDB, f: dict[str, Any], limit: int = POOL) -> dict[str, float]:
-    """Listing id -> lexical score in [0, 1] (relative to the query's best match)."""
+def lexical(views: ViewDB, f: dict[str, Any], limit: int = POOL, also: list[str] | None = None) -> dict[str, float]:
+    """Listing id -> lexical score in [0, 1] (relative to the query's best match).
+
+    ``also``: ids (the semantic leg's best) whose lexical score is wanted in any case.
+    """
     where, params = _filter_sql(f)
     if views.dialect == "postgres":
-        rows = views.fetchall(PG_LEXICAL.format(where=where), (f["q"], *params, limit))
+        rows = views.fetchall(PG_LEXICAL.format(where=where), (f["q"], f["q"], *params, LEXICAL_SCAN, limit))
         raw = {r["listing_id"]: float(r["r"]) for r in rows}
+        if also:
+            raw.update((r["listing_id"], float(r["r"])) for r in views.fetchall(PG_LEXICAL_OF, (f["q"], list(also))))
     else:
         words = _WORD.findall(f["q"])
         if not words:
@@ -168,7 +180,8 @@ def _rank(index: SemanticIndex, views: ViewDB, f: dict[str, Any]) -> tuple[np.nd
         query_vec = shared_embedder().embed_one(f["q"])
         cos = index.cosine(rows, query_vec)
         top = rows[np.argpartition(-cos, POOL - 1)[:POOL]] if len(rows) > POOL else rows
-        lex = {index.row_of[i]: s for i, s in lexical(views, f).items() if i in index.row_of}
+        lex = {index.row_of[i]: s for i, s in lexical(views, f, also=[str(i) for i in index.ids[top]]).items()
+               if i in index.row_of}
         lex = {r: s for r, s in lex.items() if mask[r]}
         cand = np.union1d(top, np.fromiter(lex, dtype=np.int64, count=len(lex)))
         cos_c = np.maximum(index.vectors[cand] @ query_vec, 0.0)
