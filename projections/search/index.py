@@ -7,7 +7,9 @@ indexed ``seq > ?`` read that returns nothing when nothing changed. Filters beco
 masks; cosine is one matrix-vector product over the masked rows.
 
 Memory: 1.5 KB per listing (384 float32), ~150 MB at 100k, ~1.5 GB at 1M per process.
-Past ~300k listings an approximate index (faiss HNSW) is the next step (docs/catalogue.md).
+From ``ANN_MIN_ROWS`` listings on, an IVF coarse index (``ivf.py``) narrows an unfiltered or
+broadly filtered query to a few per cent of the rows; a filter that leaves at most
+``EXACT_MAX_ROWS`` rows is still scored exactly over just those rows.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ import numpy as np
 from projections.db import ViewDB
 from projections.search import vectors
 from projections.search.embedding import DIM
+from projections.search.ivf import Ivf
 
 KINDS = {"dataset": 0, "model": 1, "pipeline": 2}
 _FETCH = 20_000
+ANN_MIN_ROWS = 200_000
+EXACT_MAX_ROWS = 100_000
+IVF_LISTS = 512
+IVF_PROBES = 24
 _COLUMNS = ("listing_id, seq, status, kind, category, currency, licence, price_minor, quality_score, pii_free,"
             " trust_score, vector")
 
@@ -52,6 +59,7 @@ class SemanticIndex:
         self.seq = 0
         self.n = 0
         self.row_of: dict[str, int] = {}
+        self.ivf: Ivf | None = None
         self.category, self.currency, self.licence = Codes(), Codes(), Codes()
         self._alloc(1024)
 
@@ -90,13 +98,18 @@ class SemanticIndex:
             needed = self.n + sum(1 for r in rows if r["listing_id"] not in self.row_of)
             if needed > len(self.ids):
                 self._alloc(max(needed, 2 * len(self.ids)))
+            moved: list[int] = []  # rows whose vector is new or changed (for the IVF lists)
             for r in rows:
                 i = self.row_of.get(r["listing_id"])
+                vec = vectors.from_bytes(bytes(r["vector"]), DIM)
                 if i is None:
                     i = self.row_of[r["listing_id"]] = self.n
                     self.n += 1
                     self.ids[i] = r["listing_id"]
-                self.vectors[i] = vectors.from_bytes(bytes(r["vector"]), DIM)
+                    moved.append(i)
+                elif not np.array_equal(self.vectors[i], vec):
+                    moved.append(i)
+                self.vectors[i] = vec
                 self.active[i] = r["status"] == "active"
                 self.kind[i] = KINDS.get(r["kind"], -1)
                 self.category_c[i] = self.category.code(r["category"])
@@ -105,6 +118,11 @@ class SemanticIndex:
                 self.price[i], self.quality[i] = r["price_minor"], r["quality_score"]
                 self.pii_free[i], self.trust[i] = bool(r["pii_free"]), r["trust_score"]
             self.seq = max(self.seq, max(int(r["seq"]) for r in rows))
+            if self.ivf is None and self.n >= ANN_MIN_ROWS:
+                self.ivf = Ivf(self.vectors, self.n, IVF_LISTS)
+            elif self.ivf is not None and moved:
+                where = np.asarray(moved, dtype=np.int64)
+                self.ivf.place(where, self.vectors[where])
 
     def mask(self, f: dict[str, Any]) -> np.ndarray:
         """Rows that are active and pass every filter of ``f`` (see ``query.FILTERS``)."""
@@ -127,6 +145,19 @@ class SemanticIndex:
         if f.get("trust_min") is not None:
             m &= self.trust[:n] >= f["trust_min"]
         return m
+
+    def nearest(self, mask: np.ndarray, query_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows passing ``mask`` worth scoring for ``query_vec``, and their cosines.
+
+        All of them (exact) unless the IVF is built and more than EXACT_MAX_ROWS pass; then
+        the rows in the lists nearest to the query (approximate).
+        """
+        rows = np.flatnonzero(mask)
+        if self.ivf is None or len(rows) <= EXACT_MAX_ROWS:
+            return rows, self.cosine(rows, query_vec)
+        near = self.ivf.rows_near(query_vec, IVF_PROBES)
+        near = near[mask[near]]
+        return near, self.vectors[near] @ query_vec
 
     def cosine(self, rows: np.ndarray, query_vec: np.ndarray) -> np.ndarray:
         """Cosine of ``query_vec`` with the given rows (vectors are unit length)."""

@@ -174,12 +174,12 @@ def _rank(index: SemanticIndex, views: ViewDB, f: dict[str, Any]) -> tuple[np.nd
     """Candidate row numbers and their final scores (unordered)."""
     with index.lock:
         mask = index.mask(f)
-        rows = np.flatnonzero(mask)
         if not f["q"]:
+            rows = np.flatnonzero(mask)
             return rows, 0.5 * index.quality[rows].astype(np.float32) / 100.0 + 0.5 * index.trust[rows]
         query_vec = shared_embedder().embed_one(f["q"])
-        cos = index.cosine(rows, query_vec)
-        top = rows[np.argpartition(-cos, POOL - 1)[:POOL]] if len(rows) > POOL else rows
+        near, cos = index.nearest(mask, query_vec)
+        top = near[np.argpartition(-cos, POOL - 1)[:POOL]] if len(near) > POOL else near
         lex = {index.row_of[i]: s for i, s in lexical(views, f, also=[str(i) for i in index.ids[top]]).items()
                if i in index.row_of}
         lex = {r: s for r, s in lex.items() if mask[r]}
