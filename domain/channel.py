@@ -13,6 +13,10 @@ debit returns the first answer from any host, and another body under the same ke
 A key is remembered for ``KEY_RETENTION_S`` (24 h, as card processors do) after its debit;
 older keys are dropped as later debits arrive, so the state stays bounded by the debit rate.
 
+Card refunds: ``Refunded`` records what goes back to the buyer; ``card_refund_plan`` splits it
+over the PaymentIntents that funded the channel (each gives back at most what it paid in),
+and ``CardRefundSent`` / ``CardRefundFailed`` record what Stripe did with each planned part.
+
 Pure: time comes in as ``now_s``; no I/O inside event methods.
 """
 
@@ -31,6 +35,7 @@ from domain.money import BPS_DENOMINATOR
 MAX_CHAIN_SELLERS = 15  # the contract pays at most 16 payees per settle; one slot spare
 KEY_RETENTION_S = 24 * 3600
 AMOUNT_MAX_MINOR = 10**18
+STRIPE_REF_PREFIX = "stripe:"  # a card funding_ref is "stripe:<payment intent id>"
 
 
 def fee_for(amount_minor: int, fee_bps: int) -> int:
@@ -40,6 +45,20 @@ def fee_for(amount_minor: int, fee_bps: int) -> int:
 
 class Channel(MarketAggregate):
     """One payment channel: deposit, debits, latest voucher, close and settlement."""
+
+    # Version 2 keeps each funding's amount and the card refunds; older snapshots are upcast.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A snapshot from before per-funding amounts: known only when one funding made the deposit.
+
+        With several fundings the split is not in the snapshot; ``card_refund_plan`` then
+        refuses (an operator refunds by hand) rather than guess how much each intent paid.
+        """
+        refs = state.get("funding_refs") or []
+        state["funding_minor"] = {refs[0]: state["deposit_minor"]} if len(refs) == 1 else {}
+        state["card_refunds"] = {}
 
     @event("Opened")
     def __init__(
@@ -67,6 +86,10 @@ class Channel(MarketAggregate):
         self.debits: dict[str, dict[str, Any]] = {}
         self.debit_count = 0
         self.funding_refs = [funding_ref] if funding_ref else []
+        # funding_ref -> amount it paid in (order of arrival is funding_refs' order).
+        self.funding_minor: dict[str, int] = {funding_ref: deposit_minor} if funding_ref and deposit_minor else {}
+        # payment intent id -> {"amount_minor", "status" (sent | failed), "stripe_refund_id", "reason"}
+        self.card_refunds: dict[str, dict[str, Any]] = {}
         self.settled_minor = 0
         self.refunded_minor = 0
         self.settlement_ref = ""
@@ -86,6 +109,7 @@ class Channel(MarketAggregate):
     def _topped_up(self, meta: dict, amount_minor: int, funding_ref: str) -> None:
         self.deposit_minor += amount_minor
         self.funding_refs.append(funding_ref)
+        self.funding_minor[funding_ref] = amount_minor
         self.status = "open"
 
     # -- debits -------------------------------------------------------------------------------
@@ -246,6 +270,80 @@ class Channel(MarketAggregate):
     def _refunded(self, meta: dict, amount_minor: int, refund_ref: str) -> None:
         self.refunded_minor += amount_minor
 
+    # -- card refunds (the Stripe side of Refunded) -------------------------------------------
+    def card_refund_plan(self) -> list[dict[str, Any]]:
+        """How ``refunded_minor`` goes back to the buyer's card: one entry per PaymentIntent.
+
+        Newest intent first: the most recent charge is the furthest from the card network's
+        refund time limit, and fewer, larger refunds cost the buyer fewer statement lines.
+        Each intent gives back at most what it paid in. Each entry carries the Stripe
+        ``Idempotency-Key`` of its refund, derived from the channel and the intent only, so
+        every retry of that refund sends the same key. Empty unless a settled card channel.
+
+        Raises:
+            InvalidState: a funding is not a PaymentIntent, or its amount is unknown (a
+                channel snapshotted before amounts were kept): an operator refunds by hand.
+        """
+        if self.rail != "card" or self.status != "settled":
+            return []
+        left = self.refunded_minor
+        plan: list[dict[str, Any]] = []
+        for ref in reversed(self.funding_refs):
+            if left == 0:
+                break
+            funded = self.funding_minor.get(ref)
+            if not ref.startswith(STRIPE_REF_PREFIX) or funded is None:
+                raise InvalidState(f"channel {self.id}: funding {ref!r} cannot be refunded automatically")
+            intent_id = ref.removeprefix(STRIPE_REF_PREFIX)
+            amount = min(funded, left)
+            plan.append({"payment_intent_id": intent_id, "amount_minor": amount,
+                         "refund_key": f"rf_{self.id.hex}_{intent_id}"})
+            left -= amount
+        if left:
+            raise LedgerInvariantViolated(f"channel {self.id}: refund exceeds what its payments funded")
+        return plan
+
+    def card_refunds_pending(self) -> list[dict[str, Any]]:
+        """The planned refunds with no outcome recorded yet (each intent is refunded once)."""
+        return [p for p in self.card_refund_plan() if p["payment_intent_id"] not in self.card_refunds]
+
+    def mark_card_refund_sent(self, meta: dict, payment_intent_id: str, stripe_refund_id: str) -> bool:
+        """Record Stripe's refund of a planned part; False if its outcome was already recorded."""
+        planned = self._planned_refund(payment_intent_id)
+        if planned is None:
+            return False
+        self._card_refund_sent(meta=meta, payment_intent_id=payment_intent_id,
+                               amount_minor=planned["amount_minor"], stripe_refund_id=stripe_refund_id)
+        return True
+
+    def mark_card_refund_failed(self, meta: dict, payment_intent_id: str, reason: str) -> bool:
+        """Record Stripe's permanent refusal of a planned part (left for an operator)."""
+        planned = self._planned_refund(payment_intent_id)
+        if planned is None:
+            return False
+        self._card_refund_failed(meta=meta, payment_intent_id=payment_intent_id,
+                                 amount_minor=planned["amount_minor"], reason=reason[:300])
+        return True
+
+    def _planned_refund(self, payment_intent_id: str) -> dict[str, Any] | None:
+        if payment_intent_id in self.card_refunds:
+            return None
+        for planned in self.card_refund_plan():
+            if planned["payment_intent_id"] == payment_intent_id:
+                return planned
+        raise InvalidState(f"no card refund is planned for {payment_intent_id}")
+
+    @event("CardRefundSent")
+    def _card_refund_sent(self, meta: dict, payment_intent_id: str, amount_minor: int,
+                          stripe_refund_id: str = "") -> None:
+        self.card_refunds[payment_intent_id] = {"amount_minor": amount_minor, "status": "sent",
+                                                "stripe_refund_id": stripe_refund_id, "reason": ""}
+
+    @event("CardRefundFailed")
+    def _card_refund_failed(self, meta: dict, payment_intent_id: str, amount_minor: int, reason: str = "") -> None:
+        self.card_refunds[payment_intent_id] = {"amount_minor": amount_minor, "status": "failed",
+                                                "stripe_refund_id": "", "reason": reason}
+
     # -- invariants and views -----------------------------------------------------------------
     def check_invariants(self) -> None:
         """Assert the money rules; a failure is a bug (raised, never swallowed)."""
@@ -262,6 +360,19 @@ class Channel(MarketAggregate):
                 raise LedgerInvariantViolated(f"channel {self.id}: unsigned exposure above the allowance")
         if self.status == "settled" and self.settled_minor + self.refunded_minor != self.deposit_minor:
             raise LedgerInvariantViolated(f"channel {self.id}: settlement + refund != deposit")
+        if sum(self.funding_minor.values()) > self.deposit_minor:
+            raise LedgerInvariantViolated(f"channel {self.id}: fundings above the deposit")
+        if self.card_refunds:
+            self._check_card_refunds()
+
+    def _check_card_refunds(self) -> None:
+        if self.rail != "card" or self.status != "settled":
+            raise LedgerInvariantViolated(f"channel {self.id}: card refund on a {self.rail} {self.status} channel")
+        if sum(r["amount_minor"] for r in self.card_refunds.values()) > self.refunded_minor:
+            raise LedgerInvariantViolated(f"channel {self.id}: card refunds above the refund")
+        for intent_id, refund in self.card_refunds.items():
+            if refund["amount_minor"] > self.funding_minor.get(STRIPE_REF_PREFIX + intent_id, 0):
+                raise LedgerInvariantViolated(f"channel {self.id}: {intent_id} refunded above what it paid")
 
     def to_public(self) -> dict[str, Any]:
         return {
@@ -273,6 +384,9 @@ class Channel(MarketAggregate):
             "buyer_wallet": self.buyer_wallet or None, "chain_channel_id": self.chain_channel_id or None,
             "settled_minor": self.settled_minor, "refunded_minor": self.refunded_minor,
             "settlement_ref": self.settlement_ref or None, "debits": self.debit_count,
+            "card_refunds": [{"payment_intent_id": pi, "amount_minor": r["amount_minor"], "status": r["status"],
+                              "stripe_refund_id": r["stripe_refund_id"] or None}
+                             for pi, r in self.card_refunds.items()],
         }
 
 

@@ -103,6 +103,12 @@ def refunded(ref: ChannelRef, amount_minor: int) -> list[Posting]:
                      Posting(external(ref.rail), ref.currency, amount_minor)])
 
 
+def card_refund_reversed(ref: ChannelRef, amount_minor: int) -> list[Posting]:
+    """Stripe refused a card refund for good: the hub still holds it for the buyer."""
+    return _checked([Posting(external(ref.rail), ref.currency, -amount_minor),
+                     Posting(channel_account(ref), ref.currency, amount_minor)])
+
+
 def paid_out(seller_account_id: str, currency: str, amount_minor: int) -> list[Posting]:
     """A card-rail payout (Stripe Connect transfer) to a seller."""
     return _checked([Posting(seller_payable(seller_account_id), currency, -amount_minor),
@@ -156,6 +162,8 @@ def channel_postings(ref: ChannelRef, event: object) -> list[Posting]:
         return settled(ref, data["seller_amounts"], data["seller_reversed"], data["fee_reversed_minor"])
     if name == "Refunded":
         return refunded(ref, data["amount_minor"])
+    if name == "CardRefundFailed":
+        return card_refund_reversed(ref, data["amount_minor"])
     return []
 
 

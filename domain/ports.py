@@ -23,3 +23,14 @@ class PayoutGateway(Protocol):
     def create_transfer(self, *, amount_minor: int, currency: str, destination: str,
                         payout_id: str) -> dict[str, str]:
         """Transfer ``amount_minor`` to ``destination`` idempotently (key: ``payout_id``)."""
+
+
+class RefundGateway(Protocol):
+    """Gives card payments back to the buyer (implemented by ``workers.payments.stripe_gateway``).
+
+    Errors as :class:`PayoutGateway`: ``Unavailable`` when a retry with the same
+    ``refund_key`` may succeed, ``InvalidInput`` when the provider refused for good.
+    """
+
+    def create_refund(self, *, payment_intent_id: str, amount_minor: int, refund_key: str) -> dict[str, str]:
+        """Refund ``amount_minor`` of one PaymentIntent idempotently (key: ``refund_key``)."""

@@ -20,9 +20,10 @@ from projections.db import Tx
 
 class Balances(Projection):
     name = "balances"
-    version = 1
+    version = 2  # 2: card refunds (money_channels.card_refund_pending_minor)
     event_types = (Channel.Opened, Channel.ToppedUp, Channel.VoucherRecorded, Channel.Debited,
                    Channel.CloseRequested, Channel.Expired, Channel.Settled, Channel.Refunded,
+                   Channel.CardRefundSent, Channel.CardRefundFailed,
                    SellerPayouts.Started, SellerPayouts.PayoutRequested, SellerPayouts.PayoutSent,
                    SellerPayouts.PayoutFailed)
     tables = ("ledger_postings", "ledger_balances", "money_channels", "seller_earnings", "payouts",
@@ -46,9 +47,12 @@ class Balances(Projection):
             " rail TEXT NOT NULL, status TEXT NOT NULL, deposit_minor BIGINT NOT NULL, spent_minor BIGINT NOT NULL,"
             " fee_minor BIGINT NOT NULL, voucher_minor BIGINT NOT NULL, settled_minor BIGINT NOT NULL,"
             " refunded_minor BIGINT NOT NULL, expiry_s BIGINT NOT NULL, opened_at TEXT NOT NULL,"
-            " settlement_ref TEXT)",
+            " settlement_ref TEXT, card_refund_pending_minor BIGINT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS money_channels_buyer ON money_channels (buyer_account_id)",
             "CREATE INDEX IF NOT EXISTS money_channels_due ON money_channels (status, expiry_s)",
+            # Partial: the refund sweep reads only the few channels with refunds still to send.
+            "CREATE INDEX IF NOT EXISTS money_channels_refunds ON money_channels (channel_id)"
+            " WHERE card_refund_pending_minor > 0",
             "CREATE TABLE IF NOT EXISTS seller_earnings ("
             " seller_account_id TEXT NOT NULL, currency TEXT NOT NULL, channel_id TEXT NOT NULL,"
             " gross_minor BIGINT NOT NULL, fee_minor BIGINT NOT NULL, net_minor BIGINT NOT NULL,"
@@ -97,7 +101,7 @@ class Balances(Projection):
     def _opened(self, event: Channel.Opened, tx: Tx, position: int) -> None:
         channel_id = str(event.originator_id)
         tx.execute(
-            "INSERT INTO money_channels VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, ?, ?, NULL)"
+            "INSERT INTO money_channels VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, ?, ?, NULL, 0)"
             " ON CONFLICT (channel_id) DO NOTHING",
             (channel_id, event.buyer_account_id, event.currency, event.rail,
              "open" if event.deposit_minor else "pending", event.deposit_minor, event.expiry_s,
@@ -151,9 +155,25 @@ class Balances(Projection):
     @process.register
     def _refunded(self, event: Channel.Refunded, tx: Tx, position: int) -> None:
         channel_id = str(event.originator_id)
-        self._channel(tx, channel_id, "refunded_minor = refunded_minor + ?", (event.amount_minor,))
-        self._post(tx, event, position, "refund", ledger.refunded(self._ref(tx, channel_id), event.amount_minor))
+        ref = self._ref(tx, channel_id)
+        # Card refunds still have to reach Stripe (the refund sweep); chain ones are paid by the contract.
+        pending = event.amount_minor if ref.rail == "card" else 0
+        self._channel(tx, channel_id, "refunded_minor = refunded_minor + ?,"
+                      " card_refund_pending_minor = card_refund_pending_minor + ?", (event.amount_minor, pending))
+        self._post(tx, event, position, "refund", ledger.refunded(ref, event.amount_minor))
 
+    @process.register
+    def _card_refund_sent(self, event: Channel.CardRefundSent, tx: Tx, position: int) -> None:
+        self._channel(tx, str(event.originator_id), "card_refund_pending_minor = card_refund_pending_minor - ?",
+                      (event.amount_minor,))
+
+    @process.register
+    def _card_refund_failed(self, event: Channel.CardRefundFailed, tx: Tx, position: int) -> None:
+        channel_id = str(event.originator_id)
+        self._channel(tx, channel_id, "card_refund_pending_minor = card_refund_pending_minor - ?",
+                      (event.amount_minor,))
+        self._post(tx, event, position, "refund_reversed",
+                   ledger.card_refund_reversed(self._ref(tx, channel_id), event.amount_minor))
 
     @process.register
     def _payouts_started(self, event: SellerPayouts.Started, tx: Tx, position: int) -> None:
@@ -217,6 +237,13 @@ def channels_due(db: Any, now_s: int, margin_s: int, limit: int = 500) -> list[d
         "SELECT channel_id, status, rail FROM money_channels WHERE status = 'closing'"
         " OR (status IN ('open', 'pending') AND expiry_s <= ?) ORDER BY expiry_s LIMIT ?",
         (now_s + margin_s, limit))
+
+
+def card_refunds_due(db: Any, limit: int = 500) -> list[dict[str, Any]]:
+    """Settled card channels whose refund has parts not yet sent to Stripe (nor refused)."""
+    return db.fetchall(
+        "SELECT channel_id FROM money_channels WHERE card_refund_pending_minor > 0 AND rail = 'card'"
+        " AND status = 'settled' ORDER BY channel_id LIMIT ?", (limit,))
 
 
 def earnings_of(db: Any, seller_account_id: str) -> list[dict[str, Any]]:

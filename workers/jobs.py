@@ -16,6 +16,9 @@ log = structlog.get_logger("workers")
 NONCE_SWEEP_EVERY_S = 600
 SETTLEMENT_SWEEP_EVERY_S = 60  # far below the settle margin (an hour by default)
 PAYOUT_SWEEP_EVERY_S = 3600
+# Often enough that a refund interrupted after Stripe's answer is retried well within the
+# 24 h Stripe keeps an idempotency key (a retry then returns the same refund).
+REFUND_SWEEP_EVERY_S = 600
 
 
 class Jobs:
@@ -28,9 +31,11 @@ class Jobs:
                                            queue_name="maintenance", max_retries=3)
         # Money actors share this process's runtime (built once, lazily).
         from workers.payouts import PayoutJobs
+        from workers.refunds import RefundJobs
         from workers.settlement import SettlementJobs
 
         self.payouts = PayoutJobs(broker, lambda: self.runtime)
+        self.refunds = RefundJobs(broker, lambda: self.runtime)
         self.settlements = SettlementJobs(broker, lambda: self.runtime)
 
     @property
@@ -50,4 +55,5 @@ def schedules(jobs: Jobs) -> list[Schedule]:
 
     return [Schedule("sweep_nonces", NONCE_SWEEP_EVERY_S, jobs.sweep_nonces.send),
             Schedule("sweep_settlements", SETTLEMENT_SWEEP_EVERY_S, jobs.settlements.sweep_settlements.send),
-            Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.payouts.sweep_payouts.send)]
+            Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.payouts.sweep_payouts.send),
+            Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.refunds.sweep_refunds.send)]

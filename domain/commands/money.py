@@ -17,6 +17,7 @@ from uuid import UUID
 
 from domain.account import Account
 from domain.channel import Channel
+from domain.commands.refunds import CardRefundCommands
 from domain.commands.settlement import SettlementCommands
 from domain.errors import (
     AlreadyExists,
@@ -72,7 +73,7 @@ def check_idempotency_key(key: Any) -> str:
     return key
 
 
-class MoneyCommands(SettlementCommands):
+class MoneyCommands(SettlementCommands, CardRefundCommands):
     """Mixed into Marketplace; ``self`` is the application. Adapters are set by bootstrap."""
 
     money = MoneyConfig()
@@ -335,7 +336,8 @@ class MoneyCommands(SettlementCommands):
 
     # -- close and expiry -----------------------------------------------------------------------
     def close_channel(self: Marketplace, meta: dict, account_id: str, channel_id: str) -> dict[str, Any]:
-        """Stop debits. Card channels settle at once (refund recorded); chain ones queue settlement."""
+        """Stop debits. Card channels settle at once (refund recorded; the refund sweep sends it to
+        Stripe); chain ones queue settlement."""
         self.channel_for(account_id, channel_id)
         return self._close(meta, channel_id, reason="requested")
 

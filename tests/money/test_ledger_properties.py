@@ -1,6 +1,7 @@
-"""Property test: random sequences of opens, top-ups, debits, closes, expiries, settlements
-and refunds; after every step the ledger balances to zero per currency, no channel or
-payable is below zero, and settled <= voucher <= deposit holds on every channel."""
+"""Property test: random sequences of opens, top-ups, debits, closes, expiries, settlements,
+refunds and card refunds sent or refused; after every step the ledger balances to zero per
+currency, no channel or payable is below zero, settled <= voucher <= deposit holds on every
+channel, and card refunds never exceed the refund nor any intent what it paid."""
 
 from __future__ import annotations
 
@@ -45,12 +46,16 @@ class ChannelMachine(RuleBasedStateMachine):
         self.serial += 1
         channel = Channel(id=uuid.uuid4(), meta=META, buyer_account_id=f"b{self.serial % 2}",
                           currency="TUSD" if rail == "chain" else "USD", rail=rail, deposit_minor=deposit,
-                          funding_ref=f"f{self.serial}", expiry_s=self.now + 1000, fee_bps=fee_bps,
+                          funding_ref=self._ref(rail, f"f{self.serial}"), expiry_s=self.now + 1000, fee_bps=fee_bps,
                           unsigned_allowance_minor=allowance, buyer_wallet="0x" + "1" * 40,
                           chain_channel_id="0x" + "2" * 64, opened_at_s=self.now)
         self.refs[str(channel.id)] = ChannelRef(str(channel.id), channel.buyer_account_id, channel.currency, rail)
         self.channels.append(channel)
         self._apply(channel)
+
+    @staticmethod
+    def _ref(rail: str, name: str) -> str:
+        return f"stripe:pi_{name}" if rail == "card" else name  # card funding is a PaymentIntent
 
     @initialize()
     def first(self) -> None:
@@ -65,7 +70,7 @@ class ChannelMachine(RuleBasedStateMachine):
     def top_up(self, i: int, amount: int, ref: int) -> None:
         channel = self.channels[i % len(self.channels)]
         try:
-            channel.top_up(META, amount_minor=amount, funding_ref=f"topup-{ref}")
+            channel.top_up(META, amount_minor=amount, funding_ref=self._ref(channel.rail, f"topup-{ref}"))
         except InvalidState:
             assert channel.status in ("closing", "settled")
         self._apply(channel)
@@ -116,6 +121,22 @@ class ChannelMachine(RuleBasedStateMachine):
             assert channel.status in ("open", "pending")
         self._apply(channel)
 
+    def _refundable(self) -> list[Channel]:
+        return [c for c in self.channels if c.card_refunds_pending()]
+
+    @precondition(lambda self: self._refundable())
+    @rule(i=st.integers(0, 50), refused=st.booleans())
+    def card_refund(self, i: int, refused: bool) -> None:
+        candidates = self._refundable()
+        channel = candidates[i % len(candidates)]
+        intent_id = channel.card_refunds_pending()[0]["payment_intent_id"]
+        if refused:
+            assert channel.mark_card_refund_failed(META, intent_id, "refused")
+        else:
+            assert channel.mark_card_refund_sent(META, intent_id, f"re_{intent_id}")
+        assert not channel.mark_card_refund_sent(META, intent_id, "re_again")  # once per plan entry
+        self._apply(channel)
+
     @precondition(lambda self: True)
     @rule(seconds=st.integers(0, 600))
     def time_passes(self, seconds: int) -> None:
@@ -129,8 +150,12 @@ class ChannelMachine(RuleBasedStateMachine):
             cid = str(channel.id)
             assert channel.spent_minor == self.acknowledged[cid]
             account = ledger.channel_account(self.refs[cid])
-            expected = 0 if channel.status == "settled" else channel.deposit_minor - channel.spent_minor
+            refused = sum(r["amount_minor"] for r in channel.card_refunds.values() if r["status"] == "failed")
+            expected = refused if channel.status == "settled" else channel.deposit_minor - channel.spent_minor
             assert self.balances[(account, channel.currency)] == expected
+            plan = channel.card_refund_plan()
+            assert sum(p["amount_minor"] for p in plan) == (channel.refunded_minor if plan else 0)
+            assert all(p["amount_minor"] <= channel.funding_minor["stripe:" + p["payment_intent_id"]] for p in plan)
 
 
 TestChannelLedger = ChannelMachine.TestCase

@@ -286,6 +286,59 @@ def test_transfer_to_unknown_account_is_rejected(stripe_stub: StripeStub) -> Non
         gateway.create_transfer(amount_minor=1, currency="EUR", destination="bank_1", payout_id="p")
 
 
+# -- refunds ---------------------------------------------------------------------------------
+
+
+def _paid_intent(gateway: StripeGateway, stripe_stub: StripeStub, amount: int = 1500) -> str:
+    intent_id = _intent(gateway, key=f"pay-{amount}", amount=amount)["id"]
+    stripe_stub.succeed_payment_intent(intent_id)
+    return intent_id
+
+
+def test_refund_is_keyed_checked_and_replayed(gateway: StripeGateway, stripe_stub: StripeStub) -> None:
+    intent_id = _paid_intent(gateway, stripe_stub)
+    first = gateway.create_refund(payment_intent_id=intent_id, amount_minor=600, refund_key="rf_ch1_pi")
+    assert first == {"id": first["id"], "amount_minor": 600, "currency": "USD", "payment_intent": intent_id,
+                     "status": "succeeded"}
+    assert first["id"].startswith("re_")
+    assert gateway.create_refund(payment_intent_id=intent_id, amount_minor=600, refund_key="rf_ch1_pi") == first
+    made = stripe_stub.requests_to("POST", "/v1/refunds")
+    assert [(r.idempotency_key, r.replayed) for r in made] == [("rf_ch1_pi", False), ("rf_ch1_pi", True)]
+    assert made[0].params == {"payment_intent": intent_id, "amount": "600", "metadata": {"refund_key": "rf_ch1_pi"}}
+    assert list(stripe_stub.refunds) == [first["id"]]
+    with pytest.raises(PaymentIdempotencyConflict):
+        gateway.create_refund(payment_intent_id=intent_id, amount_minor=601, refund_key="rf_ch1_pi")
+    assert len(stripe_stub.refunds) == 1
+
+
+def test_refund_above_what_is_left_or_of_an_unpaid_intent_is_rejected(
+    gateway: StripeGateway, stripe_stub: StripeStub
+) -> None:
+    intent_id = _paid_intent(gateway, stripe_stub)
+    gateway.create_refund(payment_intent_id=intent_id, amount_minor=1000, refund_key="rf_a")
+    with pytest.raises(PaymentProviderRejected) as info:
+        gateway.create_refund(payment_intent_id=intent_id, amount_minor=501, refund_key="rf_b")
+    assert info.value.extra["stripe_code"] == "amount_too_large"
+    gateway.create_refund(payment_intent_id=intent_id, amount_minor=500, refund_key="rf_c")
+    with pytest.raises(PaymentProviderRejected) as info:
+        gateway.create_refund(payment_intent_id=intent_id, amount_minor=1, refund_key="rf_d")
+    assert info.value.extra["stripe_code"] == "charge_already_refunded"
+    unpaid = _intent(gateway, key="unpaid")["id"]
+    for intent in (unpaid, "pi_missing"):
+        with pytest.raises(PaymentProviderRejected):
+            gateway.create_refund(payment_intent_id=intent, amount_minor=1, refund_key=f"rf_{intent}")
+    assert sum(r["amount"] for r in stripe_stub.refunds.values()) == 1500
+
+
+@pytest.mark.parametrize("kwargs", [{"amount_minor": 0}, {"amount_minor": True}, {"payment_intent_id": "ch_1"},
+                                    {"payment_intent_id": ""}, {"refund_key": ""}, {"refund_key": "x" * 256}])
+def test_bad_refund_arguments_never_reach_stripe(gateway: StripeGateway, stripe_stub: StripeStub, kwargs: dict) -> None:
+    args = {"payment_intent_id": "pi_1", "amount_minor": 100, "refund_key": "rf_1"}
+    with pytest.raises(InvalidInput):
+        gateway.create_refund(**{**args, **kwargs})
+    assert stripe_stub.requests == []
+
+
 # -- the stub itself checks requests ---------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """A strict loopback stand-in for the parts of the Stripe API we use (no stripe-mock exists here).
 
 Endpoints: ``POST /v1/payment_intents``, ``GET /v1/payment_intents/{id}``,
-``POST /v1/transfers``. The stub *checks* what it is sent, the way Stripe would (and a little
+``POST /v1/transfers``, ``POST /v1/refunds`` (of a succeeded intent, at most what it has left
+unrefunded; recorded in :attr:`StripeStub.refunds`). The stub *checks* what it is sent, the way Stripe would (and a little
 more strictly): the secret key (Bearer or Basic), a form-encoded body, required and unknown
 parameters, a positive integer ``amount``, a lower-case three-letter ``currency``, string
 metadata, and an ``Idempotency-Key`` on every POST (``require_idempotency_key``). It replays
@@ -57,6 +58,7 @@ _PI_PARAMS = {
     "receipt_email",
     "statement_descriptor",
 }
+_REFUND_PARAMS = {"payment_intent", "amount", "metadata", "reason"}
 _TRANSFER_PARAMS = {
     "amount",
     "currency",
@@ -125,6 +127,7 @@ class StripeStub:
     requests: list[StubRequest] = field(default_factory=list)
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     transfers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refunds: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -243,7 +246,9 @@ class StripeStub:
                     param="intent",
                 )
             return 200, json.loads(json.dumps(intent)), False
-        if method == "POST" and path in ("/v1/payment_intents", "/v1/transfers"):
+        creators = {"/v1/payment_intents": self._create_intent, "/v1/transfers": self._create_transfer,
+                    "/v1/refunds": self._create_refund}
+        if method == "POST" and path in creators:
             key = headers.get("idempotency-key")
             if key is None and self.require_idempotency_key:
                 raise StripeError(400, "invalid_request_error", "Idempotency-Key header required by the stub")
@@ -262,8 +267,7 @@ class StripeStub:
                         "they were first used with.",
                     )
                 return stored.status, json.loads(json.dumps(stored.body)), True
-            create = self._create_intent if path == "/v1/payment_intents" else self._create_transfer
-            obj = create(params)
+            obj = creators[path](params)
             if key:
                 self._idempotency[key] = _Stored(fingerprint, 200, obj)
             return 200, json.loads(json.dumps(obj)), False
@@ -288,6 +292,46 @@ class StripeStub:
         }
         self.payment_intents[intent_id] = intent
         return intent
+
+    def _create_refund(self, params: dict[str, Any]) -> dict[str, Any]:
+        _check_known(params, _REFUND_PARAMS)
+        metadata = _check_metadata(params)
+        intent_id = params.get("payment_intent")
+        if not isinstance(intent_id, str) or not intent_id:
+            raise StripeError(400, "invalid_request_error", "Missing required param: payment_intent.",
+                              code="parameter_missing", param="payment_intent")
+        intent = self.payment_intents.get(intent_id)
+        if intent is None:
+            raise StripeError(400, "invalid_request_error", f"No such payment_intent: '{intent_id}'",
+                              code="resource_missing", param="payment_intent")
+        if intent["status"] != "succeeded":
+            raise StripeError(400, "invalid_request_error", "This PaymentIntent has no successful charge to refund.",
+                              code="charge_not_refundable", param="payment_intent")
+        left = intent["amount_received"] - intent.get("amount_refunded", 0)
+        if left <= 0:
+            raise StripeError(400, "invalid_request_error", f"Charge for {intent_id} has already been refunded.",
+                              code="charge_already_refunded")
+        amount = params.get("amount", str(left))  # Stripe refunds the rest when no amount is given
+        if not isinstance(amount, str) or not _INTEGER.match(amount) or int(amount) <= 0:
+            raise StripeError(400, "invalid_request_error", "Invalid positive integer",
+                              code="parameter_invalid_integer", param="amount")
+        if int(amount) > left:
+            raise StripeError(400, "invalid_request_error",
+                              f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})",
+                              code="amount_too_large", param="amount")
+        intent["amount_refunded"] = intent.get("amount_refunded", 0) + int(amount)
+        refund = {
+            "id": "re_" + secrets.token_hex(12),
+            "object": "refund",
+            "amount": int(amount),
+            "currency": intent["currency"],
+            "payment_intent": intent_id,
+            "metadata": metadata,
+            "status": "succeeded",
+            "created": int(time.time()),
+        }
+        self.refunds[refund["id"]] = refund
+        return refund
 
     def _create_transfer(self, params: dict[str, Any]) -> dict[str, Any]:
         _check_known(params, _TRANSFER_PARAMS)

@@ -9,7 +9,7 @@ Money: our amounts are ints of minor units with upper-case ISO 4217 codes (``"US
 Stripe takes the same int with a lower-case code.
 
 Idempotency: every POST carries a key derived from our aggregate (the channel's top-up key,
-the payout id), so a retry after a timeout, a crash or a 5xx can never pay twice.
+the payout id, the channel's refund key per intent), so a retry after a timeout, a crash or a 5xx can never pay twice.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # Stripe: at most 255 ch
 
 
 class StripeGateway:
-    """Creates payment intents and transfers at Stripe and verifies Stripe webhooks.
+    """Creates payment intents, refunds and transfers at Stripe and verifies Stripe webhooks.
 
     Args:
         api_key: The secret key (``sk_…`` or a restricted ``rk_…``).
@@ -220,6 +220,51 @@ class StripeGateway:
             "amount_minor": transfer.amount,
             "currency": str(transfer.currency).upper(),
             "destination": transfer.destination,
+        }
+
+    # -- refunds ---------------------------------------------------------------------------
+
+    def create_refund(self, *, payment_intent_id: str, amount_minor: int, refund_key: str) -> dict[str, Any]:
+        """Give ``amount_minor`` of a succeeded PaymentIntent back to the card that paid it.
+
+        Args:
+            payment_intent_id: The intent (``pi_…``) that funded the channel.
+            amount_minor: Positive amount in the intent's currency, at most what it has left
+                to refund (Stripe checks).
+            refund_key: Our refund's key (channel + intent); the ``Idempotency-Key`` and
+                ``metadata``, so a retry returns the same refund instead of a second one.
+
+        Returns:
+            ``{"id", "amount_minor", "currency", "payment_intent", "status"}`` (upper-case currency).
+
+        Raises:
+            InvalidInput: for a bad argument (before any call).
+            PaymentProviderUnavailable: transient; retry with the same refund key.
+            PaymentProviderRejected: permanent (incl. :class:`PaymentIdempotencyConflict`).
+        """
+        _check_id(payment_intent_id, "payment_intent_id")
+        if not payment_intent_id.startswith("pi_"):
+            raise InvalidInput("payment_intent_id must be a PaymentIntent id", param="payment_intent_id")
+        _check_amount(amount_minor)
+        _check_idempotency_key(refund_key, "refund_key")
+        params = {
+            "payment_intent": payment_intent_id,
+            "amount": amount_minor,
+            "metadata": {"refund_key": refund_key},
+        }
+        try:
+            refund = self._client.v1.refunds.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": refund_key},
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
+        return {
+            "id": refund.id,
+            "amount_minor": refund.amount,
+            "currency": str(refund.currency).upper(),
+            "payment_intent": refund.payment_intent,
+            "status": refund.status,
         }
 
 
