@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from ops.bench.debits import ceiling  # noqa: E402
+from ops.bench.debits import ceiling
 
 WSGI_APP = '''import falcon
 class Health:
