@@ -88,6 +88,16 @@ def setup(base: str, stub: StripeStub, channels: int, deposit: int) -> tuple[str
     return ids["buyer_token"], ids["seller"], out
 
 
+async def round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """Send one HTTP/1.1 request on a keep-alive connection, read the answer; its status."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
 async def client(port: int, token: str, seller: str, channels: list[str], n: int, stop_at: float,
                  latencies: list[float], acked: dict[str, int], statuses: dict[int, int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -99,13 +109,8 @@ async def client(port: int, token: str, seller: str, channels: list[str], n: int
                    f"Authorization: Bearer {token}\r\nIdempotency-Key: c{n}-{i}\r\n"
                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         t0 = time.perf_counter()
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
-        await reader.readexactly(length)
+        status = await round_trip(reader, writer, request)
         latencies.append(time.perf_counter() - t0)
-        status = int(head.split(b" ", 2)[1])
         statuses[status] = statuses.get(status, 0) + 1
         if status == 201:
             acked[channel] = acked.get(channel, 0) + 1
@@ -118,11 +123,7 @@ async def health_client(port: int, stop_at: float, latencies: list[float]) -> No
     request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
     while time.perf_counter() < stop_at:
         t0 = time.perf_counter()
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
-        await reader.readexactly(length)
+        await round_trip(reader, writer, request)
         latencies.append(time.perf_counter() - t0)
     writer.close()
 

@@ -102,13 +102,7 @@ class StripeGateway:
             "currency": currency.lower(),
             "metadata": {"channel_id": channel_id},
         }
-        try:
-            intent = self._client.v1.payment_intents.create(
-                params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key},
-            )
-        except stripe.StripeError as exc:
-            raise _translate(exc) from exc
+        intent = self._create(self._client.v1.payment_intents, params, idempotency_key)
         return {"id": intent.id, "client_secret": intent.client_secret, "status": intent.status}
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
@@ -208,13 +202,7 @@ class StripeGateway:
             "destination": destination,
             "metadata": {"payout_id": payout_id},
         }
-        try:
-            transfer = self._client.v1.transfers.create(
-                params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": payout_id},
-            )
-        except stripe.StripeError as exc:
-            raise _translate(exc) from exc
+        transfer = self._create(self._client.v1.transfers, params, payout_id)
         return {
             "id": transfer.id,
             "amount_minor": transfer.amount,
@@ -252,13 +240,7 @@ class StripeGateway:
             "amount": amount_minor,
             "metadata": {"refund_key": refund_key},
         }
-        try:
-            refund = self._client.v1.refunds.create(
-                params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": refund_key},
-            )
-        except stripe.StripeError as exc:
-            raise _translate(exc) from exc
+        refund = self._create(self._client.v1.refunds, params, refund_key)
         return {
             "id": refund.id,
             "amount_minor": refund.amount,
@@ -266,6 +248,15 @@ class StripeGateway:
             "payment_intent": refund.payment_intent,
             "status": refund.status,
         }
+
+
+    @staticmethod
+    def _create(service: Any, params: dict[str, Any], idempotency_key: str) -> Any:
+        """One idempotent POST through the library, its errors translated to ours."""
+        try:
+            return service.create(params=params, options={"idempotency_key": idempotency_key})
+        except stripe.StripeError as exc:
+            raise _translate(exc) from exc
 
 
 def _translate(exc: stripe.StripeError) -> Exception:
