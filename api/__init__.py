@@ -1,1 +1,1 @@
-"""The hub's HTTP API: a Falcon WSGI app built by ``api.app.create_app`` (after fork)."""
+"""The hub's HTTP API: a Falcon ASGI app built by ``api.app.create_app`` (after fork)."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
+import falcon.asgi
 import structlog
 
+from api.jsonbytes import json_bytes
 from domain.errors import MarketError
 
 PROBLEM = "application/problem+json"
@@ -38,13 +40,13 @@ def _send(req: falcon.Request, resp: falcon.Response, status: int, body: dict[st
     resp.media = body
 
 
-def handle_market_error(req: falcon.Request, resp: falcon.Response, ex: MarketError, params: dict) -> None:
+async def handle_market_error(req: falcon.Request, resp: falcon.Response, ex: MarketError, params: dict) -> None:
     _send(req, resp, ex.status, problem(ex.status, ex.code, ex.title, ex.detail, param=ex.param, **ex.extra))
     if ex.status == 401:
         resp.set_header("WWW-Authenticate", 'Bearer realm="aimarket"')
 
 
-def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
+async def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
     status = int(ex.status_code)
     code = _FALCON_CODES.get(status, "http_error")
     _send(req, resp, status, problem(status, code, ex.title or "Error", ex.description or ex.title or ""))
@@ -52,17 +54,17 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
         resp.set_header(name, value)
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+async def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
     if isinstance(ex, falcon.HTTPError):  # falcon routes its own errors here too when Exception is handled
-        handle_http_error(req, resp, ex, params)
+        await handle_http_error(req, resp, ex, params)
         return
     log.exception("request.unhandled", error=repr(ex))
     _send(req, resp, 500, problem(500, "internal_error", "Internal error",
                                   "an unexpected error occurred; quote the request id when reporting it"))
 
 
-def install(app: falcon.App) -> None:
-    app.resp_options.media_handlers[PROBLEM] = falcon.media.JSONHandler()
+def install(app: falcon.asgi.App) -> None:
+    app.resp_options.media_handlers[PROBLEM] = falcon.media.JSONHandler(dumps=json_bytes)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(MarketError, handle_market_error)

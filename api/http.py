@@ -1,11 +1,19 @@
 """Request helpers shared by resources: JSON bodies checked against the OpenAPI schema,
-authentication, and the ``Meta`` (who/why) every command receives."""
+authentication, and the ``Meta`` (who/why) every command receives.
+
+The app is ASGI (``api.app``): the body is read once, asynchronously, into
+``req.context.body`` before a responder runs, so the sync helpers here never block on the
+network. ``run_sync`` moves blocking work (store reads, bcrypt) off the event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import falcon
 import fastjsonschema
@@ -38,14 +46,43 @@ def _validators(schema: dict[str, Any]) -> tuple[jsonschema.protocols.Validator,
     return entry[1], entry[2]
 
 
-def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
-    """Parse the body and check it against the same schema the OpenAPI document publishes."""
+T = TypeVar("T")
+
+
+async def read_body(req: falcon.Request) -> bytes:
+    """Read the whole body (at most ``BODY_BYTES_MAX``) into ``req.context.body``."""
     length = req.content_length
     if length is not None and length > BODY_BYTES_MAX:
         raise PayloadTooLarge(f"body above {BODY_BYTES_MAX} bytes")
-    raw = req.bounded_stream.read(BODY_BYTES_MAX + 1)
-    if len(raw) > BODY_BYTES_MAX:
-        raise PayloadTooLarge(f"body above {BODY_BYTES_MAX} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in req.stream:
+        size += len(chunk)
+        if size > BODY_BYTES_MAX:
+            raise PayloadTooLarge(f"body above {BODY_BYTES_MAX} bytes")
+        chunks.append(chunk)
+    body = req.context.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return body
+
+
+def raw_body(req: falcon.Request, limit: int = BODY_BYTES_MAX) -> bytes:
+    """The body read by ``read_body``, refused above ``limit`` bytes."""
+    raw: bytes = req.context.body
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"body above {limit} bytes")
+    return raw
+
+
+async def run_sync(req: falcon.Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking ``fn`` on the app's thread pool, with this request's context variables
+    (request id for the logs)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(req.context.pool, call)
+
+
+def read_json(req: falcon.Request, schema: dict[str, Any]) -> dict[str, Any]:
+    """Parse the body and check it against the same schema the OpenAPI document publishes."""
+    raw = raw_body(req)
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -98,6 +135,22 @@ def principal(req: falcon.Request, *kinds: str) -> Principal:
     if kinds:
         cached.require_kind(*kinds)
     return cached
+
+
+async def principal_async(req: falcon.Request, *kinds: str) -> Principal:
+    """``principal`` without blocking the loop: a session token verified before needs no I/O
+    and is checked here; anything else (API keys and OAuth access tokens are checked against
+    the store for revocation) runs on the thread pool."""
+    header = req.get_header("Authorization") or ""
+    who = None
+    if header[:7].lower() == "bearer ":
+        who = req.context.runtime.market.cached_session_principal(header[7:].strip())
+    if who is None:
+        return await run_sync(req, principal, req, *kinds)
+    req.context.principal = who
+    if kinds:
+        who.require_kind(*kinds)
+    return who
 
 
 def authenticate(market: Any, header: str | None) -> Principal:

@@ -43,10 +43,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _call(fn: Callable[..., T], *args: Any) -> T:
-    return fn(*args)
-
-
 class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyCommands, Application[UUID]):
     """Every command of the marketplace; the single writer of the event log."""
 
@@ -69,11 +65,25 @@ class Marketplace(IdentityCommands, DeviceCommands, CatalogueCommands, MoneyComm
         self.bcrypt_rounds = bcrypt_rounds
         self.session_ttl_s = session_ttl_s
         self._keyring_cache: tuple[float, Keyring] | None = None
-        # How CPU-heavy calls that release the GIL run; an event-loop server swaps in its
-        # thread pool (``ops.serve``). Direct by default.
-        self.run_blocking: Callable[..., Any] = _call
         # Platform tokens whose signature this process already checked: token -> (kid, claims).
         self._verified_tokens: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """The library's ``save`` (record, snapshot, notify), collecting the events of our own
+        aggregates with a plain class check: its ``isinstance`` against runtime-checkable
+        protocols costs ~7 us per object on Python 3.11, a sixth of a debit batch's CPU."""
+        processing_event: ProcessingEvent = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, MarketAggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        return recordings
 
     def _take_snapshots(self, processing_event: ProcessingEvent) -> None:
         """Snapshot every aggregate whose save crossed its interval, from the object saved.

@@ -149,9 +149,9 @@ class Channel(MarketAggregate):
             if voucher is not None and voucher["cumulative_minor"] > self.voucher_minor:
                 self._voucher_recorded(meta=meta, cumulative_minor=voucher["cumulative_minor"],
                                        signature=voucher["signature"])
-        self._debited(meta=meta, amount_minor=amount_minor, fee_minor=fee_for(amount_minor, self.fee_bps),
-                      seller_account_id=seller_account_id, purpose=purpose, idempotency_key=key,
-                      request_hash=request_hash, at_s=now_s)
+        self.trigger_event(self.Debited, meta=meta, amount_minor=amount_minor,
+                           fee_minor=fee_for(amount_minor, self.fee_bps), seller_account_id=seller_account_id,
+                           purpose=purpose, idempotency_key=key, request_hash=request_hash, at_s=now_s)
         return {**self.debits[key]["result"], "replayed": False}
 
     def _check_chain_debit(self, spent_after: int, seller: str, voucher: dict[str, Any] | None) -> None:
@@ -178,24 +178,37 @@ class Channel(MarketAggregate):
         self.voucher_minor = cumulative_minor
         self.voucher_signature = signature
 
-    @event("Debited")
-    def _debited(
-        self, meta: dict, amount_minor: int, fee_minor: int, seller_account_id: str, purpose: str,
-        idempotency_key: str, request_hash: str, at_s: int = 0,
-    ) -> None:
-        self.spent_minor += amount_minor
-        self.fee_minor += fee_minor
-        seller = self.sellers.setdefault(seller_account_id, {"net_minor": 0, "fee_minor": 0})
-        seller["net_minor"] += amount_minor - fee_minor
-        seller["fee_minor"] += fee_minor
+    class Debited(MarketAggregate.Event):
+        """A debit. Declared as a class rather than with ``@event`` (same name, fields and
+        stored form): it is the hottest event, and the decorator's argument handling doubled
+        its cost (10 -> 5 us)."""
+
+        meta: dict
+        amount_minor: int
+        fee_minor: int
+        seller_account_id: str
+        purpose: str
+        idempotency_key: str
+        request_hash: str
+        at_s: int = 0
+
+        def apply(self, aggregate: Channel) -> None:  # type: ignore[override]
+            aggregate._debited(self)
+
+    def _debited(self, e: Debited) -> None:
+        self.spent_minor += e.amount_minor
+        self.fee_minor += e.fee_minor
+        seller = self.sellers.setdefault(e.seller_account_id, {"net_minor": 0, "fee_minor": 0})
+        seller["net_minor"] += e.amount_minor - e.fee_minor
+        seller["fee_minor"] += e.fee_minor
         self.debit_count += 1
-        self.debits[idempotency_key] = {"request_hash": request_hash, "at_s": at_s, "result": {
-            "channel_id": str(self.id), "sequence": self.debit_count, "amount_minor": amount_minor,
-            "fee_minor": fee_minor, "currency": self.currency, "seller_account_id": seller_account_id,
-            "purpose": purpose, "spent_minor": self.spent_minor,
+        self.debits[e.idempotency_key] = {"request_hash": e.request_hash, "at_s": e.at_s, "result": {
+            "channel_id": str(self.id), "sequence": self.debit_count, "amount_minor": e.amount_minor,
+            "fee_minor": e.fee_minor, "currency": self.currency, "seller_account_id": e.seller_account_id,
+            "purpose": e.purpose, "spent_minor": self.spent_minor,
             "remaining_minor": self.deposit_minor - self.spent_minor}}
         # Forget keys past the retention window (time from the event, so replays agree).
-        for key in list(self._expired_keys(at_s - KEY_RETENTION_S)):
+        for key in list(self._expired_keys(e.at_s - KEY_RETENTION_S)):
             del self.debits[key]
 
     def _expired_keys(self, before_s: int) -> Any:

@@ -6,6 +6,7 @@ Gunicorn calls ``api.app.create_app`` in each worker *after* fork, which calls
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets as pysecrets
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ class Runtime:
     nonces: DbNonceStore
     runner_group: RunnerGroup | None = field(default=None)
     debit_batcher: Any = field(default=None)  # set by workers.money_adapters.wire_money
+    enqueue_settlement: Callable[[str], None] | None = field(default=None)  # with Redis: the API's close
 
     def runners(self) -> list[ProjectionRunner]:
         return [make_runner(self, p) for p in all_projections()]
@@ -45,8 +47,8 @@ class Runtime:
     def close(self) -> None:
         if self.runner_group is not None:
             self.runner_group.stop()
-        if self.debit_batcher is not None and self.debit_batcher.router is not None:
-            self.debit_batcher.router.close()
+        if self.debit_batcher is not None:
+            self.debit_batcher.close()
         self.market.close()
         self.views.close()
 
@@ -65,10 +67,20 @@ def platform_secret(settings: Settings) -> bytes:
         raise SettingsError("AIMARKET_SECRET is required with PostgreSQL: every host must share it")
     path = settings.data_dir / "platform.secret"
     if not path.exists():
+        # Every web worker gets here at once on a new data dir: write a private temp file
+        # and link it into place (atomic, refuses to replace), so all of them read the one
+        # that won, never a half-written file.
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = path.with_name(f".platform.secret.{os.getpid()}.{pysecrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(pysecrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won
+        finally:
+            os.unlink(tmp)
     return bytes.fromhex(path.read_text().strip())
 
 
@@ -79,7 +91,8 @@ def event_store_env(settings: Settings) -> dict[str, str]:
                 "SQLITE_DBNAME": str(settings.data_dir / "events.sqlite"), "SQLITE_LOCK_TIMEOUT": "30"}
     p = settings.pg_parts()
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": p["dbname"],
+        "PERSISTENCE_MODULE": "eventsourcing.postgres", "APPLICATION_RECORDER_TOPIC": "ops.pg_recorder:ArrayInsertRecorder",
+        "POSTGRES_DBNAME": p["dbname"],
         "POSTGRES_HOST": p["host"], "POSTGRES_PORT": p["port"], "POSTGRES_USER": p["user"],
         "POSTGRES_PASSWORD": p["password"], "POSTGRES_SCHEMA": settings.db_schema,
         "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "4", "POSTGRES_LOCK_TIMEOUT": "5",
@@ -91,11 +104,17 @@ SCHEMA_LOCK_KEY = 7_346_112_000
 
 @contextmanager
 def schema_lock(settings: Settings) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock while tables are created: processes and hosts that
-    start at the same moment would otherwise race on ``CREATE TABLE IF NOT EXISTS`` (it can
-    fail on the catalogue's unique index). SQLite serialises DDL by itself."""
+    """Let one process at a time create the stores: processes and hosts that start at the
+    same moment would otherwise race. PostgreSQL: an advisory lock (``CREATE TABLE IF NOT
+    EXISTS`` can fail on the catalogue's unique index). Embedded: a file lock, because two
+    first connections to a new SQLite file both switch it to WAL, and the loser gets
+    "database is locked" at once (SQLite does not wait there), failing a worker's boot."""
     if settings.embedded:
-        yield
+        path = settings.data_dir / "locks" / "boot.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+            yield
         return
     import psycopg
     from psycopg import sql

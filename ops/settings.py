@@ -34,11 +34,7 @@ class Settings:
     bcrypt_rounds: int = 12
     session_ttl_s: int = 3600
     web_workers: int = 2
-    web_threads: int = 8
-    # "gevent" (one event loop per process: no thread hand-offs on the hot path) or
-    # "gthread"; empty = gevent on PostgreSQL, gthread on the embedded SQLite store, whose
-    # blocking lock waits would stall a whole event loop.
-    web_worker_class: str = ""
+    web_threads: int = 8  # per worker: the pool that runs the plain (blocking) responders
     run_projections_in_web: bool = True
     log_format: str = "json"
     # -- money (issue 4) ------------------------------------------------------------------
@@ -61,10 +57,6 @@ class Settings:
         return not self.database_url
 
     @property
-    def worker_class(self) -> str:
-        return self.web_worker_class or ("gthread" if self.embedded else "gevent")
-
-    @property
     def store(self) -> str:
         return "sqlite" if self.embedded else "postgres"
 
@@ -82,13 +74,6 @@ class Settings:
         p = self.pg_parts()
         conninfo = f"host={p['host']} port={p['port']} dbname={p['dbname']} user={p['user']}"
         return conninfo + (f" password={p['password']}" if p["password"] else "")
-
-
-def _choice(env: Mapping[str, str], key: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(key, "")
-    if value not in allowed:
-        raise SettingsError(f"{key} must be one of {', '.join(a for a in allowed if a)}")
-    return value
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -129,7 +114,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         session_ttl_s=_int(env, "AIMARKET_SESSION_TTL_S", 3600),
         web_workers=_int(env, "AIMARKET_WEB_WORKERS", 2),
         web_threads=_int(env, "AIMARKET_WEB_THREADS", 8),
-        web_worker_class=_choice(env, "AIMARKET_WEB_WORKER_CLASS", ("", "gevent", "gthread")),
         run_projections_in_web=_flag(env, "AIMARKET_PROJECTIONS_IN_WEB", default=not env.get("AIMARKET_DATABASE_URL")),
         log_format=env.get("AIMARKET_LOG_FORMAT", "json"),
         fee_bps=_int(env, "AIMARKET_FEE_BPS", 500),

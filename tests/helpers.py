@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from falcon import testing
+from falcon.util import async_to_sync
 
 from domain.commands.devices import enrollment_message, rotation_message
 from domain.keys import KxPrivateKey, SigningKey, b64url
 from domain.tokens import encode_device_jwt
 
 PASSWORD = "correct horse battery"
+
+
+def run_concurrently(app: Any, tasks: list[Callable[[testing.ASGIConductor], Awaitable[Any]]]) -> list[Any]:
+    """Run concurrent clients against the ASGI app (each task gets the conductor), on the
+    same event loop as the sync test client, so batches and caches behave as in a server."""
+
+    async def main() -> list[Any]:
+        async with testing.ASGIConductor(app) as conductor:
+            return list(await asyncio.gather(*(task(conductor) for task in tasks)))
+
+    return async_to_sync(main)
 
 
 def auth(token: str) -> dict[str, str]:

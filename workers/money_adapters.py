@@ -80,7 +80,16 @@ def wire_money(runtime: Any) -> None:
 
             # Joins the members on the first debit this process takes (see DebitBatcher).
             router = RedisDebitRouter(s.redis_url, namespace=f"aimarket:{s.pg_parts()['dbname']}:{s.db_schema}")
-        runtime.debit_batcher = DebitBatcher(market, window_s=s.debit_batch_ms / 1000, router=router)
+        saver = None
+        if not s.embedded:
+            from ops.pg_async_writer import AsyncPgSaver
+
+            saver = AsyncPgSaver(market, s.pg_conninfo())  # connects on the first batch
+        runtime.debit_batcher = DebitBatcher(market, window_s=s.debit_batch_ms / 1000, router=router, saver=saver)
+    if s.redis_url and not s.embedded:
+        from workers.settlement import settlement_sender
+
+        runtime.enqueue_settlement = settlement_sender(s.redis_url)
     if s.stripe_api_key:
         from workers.payments.stripe_gateway import StripeGateway
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 
 from domain.base import Meta
 from domain.errors import InvalidState, MarketError, Unavailable
@@ -157,6 +158,26 @@ def sweep_settlements(runtime: Any, enqueue: Callable[[str], Any] | None = None)
     return queued
 
 
+SETTLE_QUEUE = "settlements"
+SETTLE_ACTOR = "settle_channel"
+
+
+def settlement_sender(redis_url: str, namespace: str = "aimarket") -> Callable[[str], None]:
+    """``send(channel_id)``: queue ``settle_channel`` from a process that does not run the
+    actor (the API, when a buyer closes a channel); a worker host picks it up at once. The
+    broker connects on the first send. The sweep remains the safety net if this is lost."""
+    broker: RedisBroker | None = None
+
+    def send(channel_id: str) -> None:
+        nonlocal broker
+        if broker is None:
+            broker = RedisBroker(url=redis_url, namespace=namespace)
+        broker.enqueue(dramatiq.Message(queue_name=SETTLE_QUEUE, actor_name=SETTLE_ACTOR, args=(channel_id,),
+                                        kwargs={}, options={}))
+
+    return send
+
+
 class SettlementJobs:
     """The settlement actors on one broker (nothing is registered at import)."""
 
@@ -166,12 +187,12 @@ class SettlementJobs:
         # Unavailable (RPC down, not mined yet) raises: Dramatiq retries with backoff and
         # the next run resumes from the recorded Submitted. Everything else is recorded.
         self.settle_channel = dramatiq.actor(
-            lambda channel_id: settle_channel(self.runtime, channel_id), broker=broker, actor_name="settle_channel",
-            queue_name="settlements", max_retries=20, min_backoff=1_000, max_backoff=300_000,
+            lambda channel_id: settle_channel(self.runtime, channel_id), broker=broker, actor_name=SETTLE_ACTOR,
+            queue_name=SETTLE_QUEUE, max_retries=20, min_backoff=1_000, max_backoff=300_000,
             throws=(InvalidState,))
         self.sweep_settlements = dramatiq.actor(
             lambda: sweep_settlements(self.runtime, self.settle_channel.send), broker=broker,
-            actor_name="sweep_settlements", queue_name="settlements", max_retries=3)
+            actor_name="sweep_settlements", queue_name=SETTLE_QUEUE, max_retries=3)
 
     @property
     def runtime(self) -> Any:

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs
 
 import falcon
 
-from api.http import meta, principal, read_json
+from api.http import meta, principal, raw_body, read_json
 from api.openapi import obj, op, open_obj
 from domain.account import SELF_SERVICE_ROLES
 from domain.commands.identity import EMAIL_RE
@@ -134,7 +134,7 @@ class OAuthToken:
                           responses={"200": TOKEN})}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw = req.bounded_stream.read(16_384)
+        raw = raw_body(req, 16_384)
         try:
             form = {k: v[0] for k, v in parse_qs(raw.decode(), strict_parsing=False).items()}
         except UnicodeDecodeError:

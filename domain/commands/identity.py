@@ -65,8 +65,7 @@ class IdentityCommands:
     def register(self: Marketplace, meta: dict, email: str, password: str, roles: list[str]) -> dict[str, Any]:
         email = normalise_email(email)
         roles = check_roles(roles, SELF_SERVICE_ROLES)
-        password_hash = self.run_blocking(
-            bcrypt.hashpw, _prehash(_check_password_shape(password)), bcrypt.gensalt(self.bcrypt_rounds))
+        password_hash = bcrypt.hashpw(_prehash(_check_password_shape(password)), bcrypt.gensalt(self.bcrypt_rounds))
         index_id = natural_id(NS_EMAIL, email)
 
         def command() -> dict[str, Any]:
@@ -101,10 +100,9 @@ class IdentityCommands:
         try:
             account = self.account_by_email(email)
         except (NotFound, InvalidInput):
-            self.run_blocking(bcrypt.checkpw, b"y" * 44, _DUMMY_HASH)
+            bcrypt.checkpw(b"y" * 44, _DUMMY_HASH)
             raise InvalidCredentials("wrong e-mail or password") from None
-        if not isinstance(password, str) or not self.run_blocking(
-                bcrypt.checkpw, _prehash(password), account.password_hash.encode()):
+        if not isinstance(password, str) or not bcrypt.checkpw(_prehash(password), account.password_hash.encode()):
             raise InvalidCredentials("wrong e-mail or password")
         if account.totp_enabled:
             self._check_totp(account, account.totp_ciphertext or "", totp_code)
@@ -119,6 +117,15 @@ class IdentityCommands:
                 "exp": now_s + self.session_ttl_s, "jti": uuid4().hex}
         token = tokens.encode_hs256(full, self.secrets.session_key(kid), kid)
         return {"access_token": token, "token_type": "Bearer", "expires_in": self.session_ttl_s}
+
+    def cached_session_principal(self: Marketplace, token: str) -> Principal | None:
+        """The principal of a session token verified before, found without any I/O; None when
+        the token was not seen yet or its principal needs the store (an OAuth access token:
+        its client may have been revoked)."""
+        verified = self._verified_tokens.get(token)
+        if verified is None or verified[1].get("typ") == tokens.ACCESS_TYP:
+            return None
+        return self.authenticate_platform_token(token)
 
     def authenticate_platform_token(self: Marketplace, token: str) -> Principal:
         now_s = self.now_s()

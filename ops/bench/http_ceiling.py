@@ -3,10 +3,10 @@ gunicorn with each worker class, timed with the debit benchmark's client.
 
     python3 ops/bench/http_ceiling.py [--workers 2 --seconds 6]
 
-Compares gunicorn + gevent + Falcon WSGI (what ``aimarket serve`` runs on PostgreSQL) with
-gunicorn + gthread, and with gunicorn + Uvicorn worker + Falcon ASGI (needs
-``pip install 'uvicorn[standard]'``; skipped without it). The apps have no middleware,
-auth or store: the figures bound what any endpoint can reach.
+Compares gunicorn + Uvicorn worker + Falcon ASGI (what ``aimarket serve`` runs) with the
+WSGI stacks it replaced: gunicorn + gevent (``pip install gevent``; skipped without it) and
+gunicorn + gthread, Falcon WSGI. The apps have no middleware, auth or store: the figures
+bound what any endpoint can reach.
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ def main() -> None:
         Path(tmp, "wsgi_app.py").write_text(WSGI_APP)
         Path(tmp, "asgi_app.py").write_text(ASGI_APP)
         for name, target, options in VARIANTS:
-            if "uvicorn" in name and importlib.util.find_spec("uvicorn") is None:
-                print(json.dumps({"stack": name, "skipped": "pip install 'uvicorn[standard]'"}))
+            needs = "gevent" if "gevent" in name else "uvicorn" if "uvicorn" in name else None
+            if needs and importlib.util.find_spec(needs) is None:
+                print(json.dumps({"stack": name, "skipped": f"pip install {needs}"}))
                 continue
             cmd = [sys.executable, "-m", "gunicorn", *options, "-w", str(args.workers), "-b",
                    f"127.0.0.1:{args.port}", target]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 
 import pyotp
 from freezegun import freeze_time
 
-from tests.helpers import PASSWORD, auth, login, register
+from tests.helpers import PASSWORD, auth, login, register, run_concurrently
 
 
 def test_register_login_me(client) -> None:
@@ -30,17 +29,11 @@ def test_duplicate_email_is_a_clear_conflict(client) -> None:
 
 
 def test_concurrent_registrations_of_one_email_one_wins(client) -> None:
-    results: list[int] = []
+    async def attempt(conductor) -> int:
+        r = await conductor.simulate_post("/v1/accounts", json={"email": "race@example.com", "password": PASSWORD})
+        return r.status_code
 
-    def attempt() -> None:
-        r = client.simulate_post("/v1/accounts", json={"email": "race@example.com", "password": PASSWORD})
-        results.append(r.status_code)
-
-    threads = [threading.Thread(target=attempt) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_concurrently(client.app, [attempt] * 6)
     assert sorted(results) == [201] + [409] * 5
 
 

@@ -95,3 +95,54 @@ def test_many_processes_can_start_on_a_new_schema_at_once(make_settings) -> None
     for rt in runtimes:
         rt.close()
     assert not errors, errors
+
+
+def _boot_embedded(data_dir, barrier, results) -> None:
+    from ops.bootstrap import build_runtime
+
+    barrier.wait()
+    try:
+        build_runtime(Settings(data_dir=data_dir, bcrypt_rounds=4)).close()
+        results.put(None)
+    except Exception as exc:
+        results.put(repr(exc))
+
+
+def test_web_workers_can_open_a_new_embedded_store_at_once(tmp_path) -> None:
+    """`aimarket serve` on a new data dir: gunicorn forks the workers and each creates the
+    SQLite stores at the same moment. Two first connections both switch the new file to WAL
+    and SQLite fails the loser at once ("database is locked"), so a worker failed to boot
+    and gunicorn halted the hub; boot is now serialised by a file lock."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # like gunicorn: everything imported, then fork
+    for attempt in range(6):
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_boot_embedded, args=(tmp_path / f"d{attempt}", barrier, results))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(10)
+        assert outcomes == [None] * 4, outcomes
+
+
+def test_workers_starting_together_share_one_platform_secret(tmp_path) -> None:
+    """Every web worker makes the secret on a new data dir at the same moment: one wins, all
+    read it, none sees a half-written file or fails."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for attempt in range(5):
+        settings = Settings(data_dir=tmp_path / f"d{attempt}")
+        barrier = threading.Barrier(12)
+
+        def start(_: int, settings: Settings = settings, barrier: threading.Barrier = barrier) -> bytes:
+            barrier.wait()
+            return platform_secret(settings)
+
+        with ThreadPoolExecutor(12) as pool:
+            secrets = list(pool.map(start, range(12)))
+        assert len(set(secrets)) == 1 and len(secrets[0]) == 32
+        assert sorted(p.name for p in settings.data_dir.iterdir()) == ["platform.secret"]  # no temp files left

@@ -29,8 +29,10 @@ def hub(tmp_path: Path):
     env = {**os.environ, "AIMARKET_DATA_DIR": str(tmp_path / "hub"), "AIMARKET_BCRYPT_ROUNDS": "4",
            "AIMARKET_BIND": f"127.0.0.1:{port}"}
     env.pop("AIMARKET_DATABASE_URL", None)
+    log_path = tmp_path / "hub.log"  # a file, not a pipe: a full pipe would stall the hub
+    log = log_path.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "serve", "--workers", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
+                            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -40,12 +42,14 @@ def hub(tmp_path: Path):
                 break
             except HubError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stdout.read().decode() if proc.stdout else "hub did not start")
+                    raise AssertionError(log_path.read_text()[-5000:])
                 time.sleep(0.2)
         yield url
     finally:
         proc.terminate()
         proc.wait(15)
+        log.close()
+        print(log_path.read_text()[-5000:])  # pytest shows it when the test fails
 
 
 def aim_node(home: Path, *args: str) -> dict:

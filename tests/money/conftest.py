@@ -51,6 +51,14 @@ def open_card_channel(client: Any, stub: Any, buyer: dict[str, Any], amount_mino
     return r.json["id"], body
 
 
+def debit(client: Any, buyer: dict[str, Any], channel_id: str, seller_id: str, amount_minor: int,
+          key: str | None = None) -> Any:
+    """POST a debit (sync client: the response; ASGI conductor: an awaitable of it)."""
+    return client.simulate_post(f"/v1/channels/{channel_id}/debits",
+                                json={"amount_minor": amount_minor, "seller_account_id": seller_id},
+                                headers={**buyer["headers"], "Idempotency-Key": key or uuid.uuid4().hex})
+
+
 def catch_up(runtime: Any) -> None:
     for runner in runtime.runners():
         runner.catch_up()

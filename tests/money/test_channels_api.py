@@ -4,11 +4,11 @@ concurrent clients that never overdraw and never lose an acknowledged debit."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import defaultdict
 
 from domain import ledger
+from tests.helpers import run_concurrently
 from tests.money.conftest import catch_up, deliver_webhook, open_card_channel, person
 from tests.stubs import payment_intent_succeeded_event
 
@@ -73,31 +73,29 @@ def test_64_concurrent_clients_never_overdraw(money_client, money_runtime, strip
     buyer, seller = person(money_client, ["buyer"]), person(money_client, ["seller"])
     channels = [open_card_channel(money_client, stripe_stub, buyer, 3_000)[0] for _ in range(2)]
     acknowledged: dict[str, int] = defaultdict(int)
-    lock = threading.Lock()
 
-    def client_loop(n: int) -> None:
-        for i in range(6):
-            channel_id = channels[(n + i) % 2]
-            key = f"c{n}-{i}"
-            amount = 7 + (n % 5)
-            for _ in range(30):  # a client retries a 409 with the SAME key: never charged twice
-                r = _debit(money_client, buyer, channel_id, seller["id"], amount, key=key)
-                if r.status_code != 409:
-                    break
-            if r.status_code == 201:
-                # Retry once more: the answer must be the same and charge nothing.
-                again = _debit(money_client, buyer, channel_id, seller["id"], amount, key=key)
-                assert again.status_code == 201 and again.json == r.json
-                with lock:
+    def client(n: int):
+        async def loop(conductor) -> None:
+            for i in range(6):
+                channel_id = channels[(n + i) % 2]
+                key = f"c{n}-{i}"
+                amount = 7 + (n % 5)
+                for _ in range(30):  # a client retries a 409 with the SAME key: never charged twice
+                    r = await _debit(conductor, buyer, channel_id, seller["id"], amount, key=key)
+                    if r.status_code != 409:
+                        break
+                if r.status_code == 201:
+                    # Retry once more: the answer must be the same and charge nothing.
+                    again = await _debit(conductor, buyer, channel_id, seller["id"], amount, key=key)
+                    assert again.status_code == 201 and again.json == r.json
                     acknowledged[channel_id] += amount
-            else:
-                assert r.status_code == 402, r.json
+                else:
+                    assert r.status_code == 402, r.json
 
-    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        return loop
+
+    run_concurrently(money_client.app, [client(n) for n in range(64)])
+    assert money_runtime.debit_batcher.batches < 64 * 6  # debits of concurrent clients shared commits
     for channel_id in channels:
         view = money_client.simulate_get(f"/v1/channels/{channel_id}", headers=buyer["headers"]).json
         assert view["spent_minor"] == acknowledged[channel_id] <= view["deposit_minor"]

@@ -7,18 +7,19 @@ If an owner stops answering, the receiving process records the debit itself.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 import uuid
 from collections import defaultdict
 
 import pytest
 from falcon import testing
+from falcon.util import async_to_sync
 
 from api.app import create_app
 from ops.bootstrap import build_runtime
 from ops.debit_routing import RedisDebitRouter
-from tests.money.conftest import open_card_channel, person
+from tests.money.conftest import debit, open_card_channel, person
 from tests.stubs import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET
 
 
@@ -35,7 +36,7 @@ def two_processes(make_settings, redis_server, stripe_stub):
         batcher = rt.debit_batcher
         batcher.router = RedisDebitRouter(redis_server, namespace, heartbeat_s=0.1, member_ttl_s=1.0,
                                           forward_wait_s=1.0)
-        batcher.router.start(batcher.accept_forwarded)
+        _on_test_loop(batcher.join_routing)
         runtimes.append(rt)
     deadline = time.monotonic() + 5
     while any(len(rt.debit_batcher.router._members) < 2 for rt in runtimes):
@@ -46,10 +47,11 @@ def two_processes(make_settings, redis_server, stripe_stub):
         rt.close()
 
 
-def _debit(client, buyer, channel_id, seller_id, amount, key=None):
-    return client.simulate_post(f"/v1/channels/{channel_id}/debits",
-                                json={"amount_minor": amount, "seller_account_id": seller_id},
-                                headers={**buyer["headers"], "Idempotency-Key": key or uuid.uuid4().hex})
+def _on_test_loop(fn):
+    async def call():
+        return fn()
+
+    return async_to_sync(call)
 
 
 def test_debits_go_to_one_owner_per_channel_without_races(two_processes, stripe_stub) -> None:
@@ -59,25 +61,22 @@ def test_debits_go_to_one_owner_per_channel_without_races(two_processes, stripe_
     owners = {rt_a.debit_batcher.router.owner_of(c) for c in channels}
     assert owners == {rt_a.debit_batcher.router.me, rt_b.debit_batcher.router.me}  # both own some
     acknowledged: dict[str, int] = defaultdict(int)
-    lock = threading.Lock()
 
-    def client_loop(n: int) -> None:
+    async def client_loop(n: int, conductors) -> None:
         for i in range(8):
             channel_id = channels[(n + i) % len(channels)]
-            client = (a, b)[(n + i) % 2]
             key = f"c{n}-{i}"
-            r = _debit(client, buyer, channel_id, seller["id"], 3, key=key)
+            r = await debit(conductors[(n + i) % 2], buyer, channel_id, seller["id"], 3, key=key)
             assert r.status_code == 201, r.json
-            again = _debit((b, a)[(n + i) % 2], buyer, channel_id, seller["id"], 3, key=key)  # the other process
+            again = await debit(conductors[(n + i + 1) % 2], buyer, channel_id, seller["id"], 3, key=key)  # the other
             assert again.status_code == 201 and again.json == r.json
-            with lock:
-                acknowledged[channel_id] += 3
+            acknowledged[channel_id] += 3
 
-    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    async def main() -> None:
+        async with testing.ASGIConductor(a.app) as ca, testing.ASGIConductor(b.app) as cb:
+            await asyncio.gather(*(client_loop(n, (ca, cb)) for n in range(24)))
+
+    async_to_sync(main)
     for channel_id in channels:
         view = a.simulate_get(f"/v1/channels/{channel_id}", headers=buyer["headers"]).json
         assert view["spent_minor"] == acknowledged[channel_id]
@@ -88,7 +87,7 @@ def test_debits_go_to_one_owner_per_channel_without_races(two_processes, stripe_
 
     # An error found by the owner comes back with its own code and status.
     remote = next(c for c in channels if rt_a.debit_batcher.router.owner_of(c) != rt_a.debit_batcher.router.me)
-    r = _debit(a, buyer, remote, seller["id"], 10**9)
+    r = debit(a, buyer, remote, seller["id"], 10**9)
     assert r.status_code == 402 and r.json["code"] == "channel_exhausted"
     assert r.headers["content-type"].startswith("application/problem+json")
 
@@ -105,13 +104,13 @@ def test_owner_that_stops_answering_is_bypassed(two_processes, stripe_stub) -> N
     router_b._outbox.put(("", "", None))
     router_b._threads[0].join(timeout=1)  # the listener: B reads its inbox no more
     started = time.monotonic()
-    r = _debit(a, buyer, remote[0], seller["id"], 5, key="k-orphan")
+    r = debit(a, buyer, remote[0], seller["id"], 5, key="k-orphan")
     assert r.status_code == 201, r.json
     assert rt_a.debit_batcher.forward_fallbacks == 1 and time.monotonic() - started >= 0.9
-    assert _debit(a, buyer, remote[0], seller["id"], 5, key="k-orphan").json == r.json
+    assert debit(a, buyer, remote[0], seller["id"], 5, key="k-orphan").json == r.json
     time.sleep(1.2)  # B's membership expired: A owns everything and answers at once
     assert router_a.owner_of(remote[0]) == router_a.me
-    r = _debit(a, buyer, remote[0], seller["id"], 5)
+    r = debit(a, buyer, remote[0], seller["id"], 5)
     assert r.status_code == 201 and rt_a.debit_batcher.forward_fallbacks == 1
     view = a.simulate_get(f"/v1/channels/{remote[0]}", headers=buyer["headers"]).json
     assert view["spent_minor"] == 10

@@ -4,9 +4,12 @@ one on-chain close however often it runs or wherever it stopped, never past the 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
+from dramatiq import Worker
+from dramatiq.brokers.redis import RedisBroker
 from falcon import testing
 
 from api.app import create_app
@@ -28,7 +31,7 @@ from tests.money.chain_helpers import (
 from tests.money.conftest import catch_up, person
 from workers.chain import wallet
 from workers.chain.evm import advance_time
-from workers.settlement import settle_channel, sweep_settlements
+from workers.settlement import SETTLE_QUEUE, SettlementJobs, settle_channel, settlement_sender, sweep_settlements
 
 GRACE_S = 24 * 3600
 
@@ -267,3 +270,35 @@ def test_settlement_aggregate_allows_one_live_transaction() -> None:
     assert s.confirm(meta, tx_hash="0xbb", block_number=9) is False
     with pytest.raises(InvalidState):
         s.fail(meta, reason="late", retryable=False)
+
+
+@pytest.mark.redis
+def test_close_over_the_api_queues_the_settlement_for_a_worker(hub: Hub, redis_server) -> None:
+    """The API's close sends ``settle_channel`` through Redis; a Dramatiq worker settles
+    at once (the cron sweep is only the safety net)."""
+    namespace = f"aimarket-test-{uuid.uuid4().hex[:8]}"
+    hub.rt.enqueue_settlement = settlement_sender(redis_server, namespace)
+    broker = RedisBroker(url=redis_server, namespace=namespace)
+    SettlementJobs(broker, lambda: hub.rt)
+    worker = Worker(broker, worker_timeout=100)
+    worker.start()
+    try:
+        buyer, s1, s2 = _parties(hub)
+        channel = _two_seller_channel(hub, buyer, s1, s2)  # closed through the API
+        broker.join(SETTLE_QUEUE, timeout=60_000)
+        worker.join()
+        assert hub.market.settlement(channel["id"]).status == "confirmed"
+        assert len(settle_logs(hub.chain, hub.deployment.channels, channel["chain_channel_id"])) == 1
+    finally:
+        worker.stop()
+        broker.close()
+
+
+def test_api_processes_queue_settlements_only_with_redis(make_settings, redis_server) -> None:
+    with_redis = build_runtime(make_settings("postgres", redis_url=redis_server))
+    embedded = build_runtime(make_settings("sqlite"))
+    try:
+        assert with_redis.enqueue_settlement is not None and embedded.enqueue_settlement is None
+    finally:
+        with_redis.close()
+        embedded.close()
