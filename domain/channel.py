@@ -22,6 +22,7 @@ Pure: time comes in as ``now_s``; no I/O inside event methods.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from uuid import UUID
 
@@ -36,6 +37,19 @@ MAX_CHAIN_SELLERS = 15  # the contract pays at most 16 payees per settle; one sl
 KEY_RETENTION_S = 24 * 3600
 AMOUNT_MAX_MINOR = 10**18
 STRIPE_REF_PREFIX = "stripe:"  # a card funding_ref is "stripe:<payment intent id>"
+FAILED_REFUND_STATUSES = ("failed", "canceled")  # Stripe refunds whose money never reaches the card
+_REFUND_KEY = re.compile(r"rf_([0-9a-f]{32})_(pi_[A-Za-z0-9]+)")
+
+
+def card_refund_key(channel_id: UUID, payment_intent_id: str) -> str:
+    """The Stripe ``Idempotency-Key`` (and ``metadata.refund_key``) of one planned refund."""
+    return f"rf_{channel_id.hex}_{payment_intent_id}"
+
+
+def parse_card_refund_key(key: object) -> tuple[UUID, str] | None:
+    """``(channel id, payment intent id)`` of a key made by :func:`card_refund_key`, else None."""
+    match = _REFUND_KEY.fullmatch(key) if isinstance(key, str) else None
+    return (UUID(match[1]), match[2]) if match else None
 
 
 def fee_for(amount_minor: int, fee_bps: int) -> int:
@@ -310,7 +324,7 @@ class Channel(MarketAggregate):
             intent_id = ref.removeprefix(STRIPE_REF_PREFIX)
             amount = min(funded, left)
             plan.append({"payment_intent_id": intent_id, "amount_minor": amount,
-                         "refund_key": f"rf_{self.id.hex}_{intent_id}"})
+                         "refund_key": card_refund_key(self.id, intent_id)})
             left -= amount
         if left:
             raise LedgerInvariantViolated(f"channel {self.id}: refund exceeds what its payments funded")
@@ -338,6 +352,31 @@ class Channel(MarketAggregate):
                                  amount_minor=planned["amount_minor"], reason=reason[:300])
         return True
 
+    def mark_card_refund_failed_later(self, meta: dict, payment_intent_id: str, stripe_refund_id: str,
+                                      reason: str) -> bool:
+        """Record that Stripe failed a refund after accepting it (``refund.failed``: the card
+        was closed, say). The money did not reach the buyer, so the hub holds it for them
+        again and an operator pays it another way. False if already recorded as failed.
+
+        Raises:
+            InvalidState: no such refund is planned, or Stripe names another refund than the
+                one recorded for this payment (not ours to act on).
+        """
+        recorded = self.card_refunds.get(payment_intent_id)
+        if recorded is None:  # failed before the worker recorded it sent (it will find it recorded)
+            planned = self._planned_refund(payment_intent_id)
+            assert planned is not None
+            amount_minor = planned["amount_minor"]
+        elif recorded["status"] == "failed":
+            return False
+        elif recorded["stripe_refund_id"] not in ("", stripe_refund_id):
+            raise InvalidState(f"refund {stripe_refund_id} is not the one recorded for {payment_intent_id}")
+        else:
+            amount_minor = recorded["amount_minor"]
+        self._card_refund_failed(meta=meta, payment_intent_id=payment_intent_id, amount_minor=amount_minor,
+                                 reason=reason[:300], stripe_refund_id=stripe_refund_id)
+        return True
+
     def _planned_refund(self, payment_intent_id: str) -> dict[str, Any] | None:
         if payment_intent_id in self.card_refunds:
             return None
@@ -353,9 +392,11 @@ class Channel(MarketAggregate):
                                                 "stripe_refund_id": stripe_refund_id, "reason": ""}
 
     @event("CardRefundFailed")
-    def _card_refund_failed(self, meta: dict, payment_intent_id: str, amount_minor: int, reason: str = "") -> None:
+    def _card_refund_failed(self, meta: dict, payment_intent_id: str, amount_minor: int, reason: str = "",
+                            stripe_refund_id: str = "") -> None:
+        # Also after CardRefundSent (Stripe failed it later); the ledger reverses it either way.
         self.card_refunds[payment_intent_id] = {"amount_minor": amount_minor, "status": "failed",
-                                                "stripe_refund_id": "", "reason": reason}
+                                                "stripe_refund_id": stripe_refund_id, "reason": reason}
 
     # -- invariants and views -----------------------------------------------------------------
     def check_invariants(self) -> None:

@@ -10,6 +10,7 @@ import structlog
 
 from api.http import meta, principal, principal_async, raw_body, read_body, read_json, run_sync
 from api.openapi import obj, op, open_obj
+from domain.channel import FAILED_REFUND_STATUSES
 from domain.errors import InvalidInput
 from projections.balances import balances_of, channels_of
 
@@ -176,6 +177,9 @@ class Close:
                 log.warning("settlement.enqueue_failed", channel_id=resp.media["id"], error=repr(exc))
 
 
+REFUND_UPDATES = ("refund.updated", "charge.refund.updated")  # older API versions say it this way
+
+
 class StripeWebhook:
     openapi = {"post": op("Stripe webhook (signed with Stripe-Signature; no other auth)", "money",
                           body={"type": "object"}, responses={"200": open_obj(received={"type": "boolean"})})}
@@ -184,10 +188,13 @@ class StripeWebhook:
         raw = raw_body(req)
         market = req.context.runtime.market
         event = market.card_gateway().verify_webhook(raw, req.get_header("Stripe-Signature"))
-        credited = None
-        if event["type"] == "payment_intent.succeeded":
-            credited = market.credit_card_payment(meta(req), event["data"])["credited"]
-        resp.media = {"received": True, "credited": credited}
+        kind, obj = event["type"], event["data"]
+        credited = refund_failure_recorded = None
+        if kind == "payment_intent.succeeded":
+            credited = market.credit_card_payment(meta(req), obj)["credited"]
+        elif kind == "refund.failed" or (kind in REFUND_UPDATES and obj.get("status") in FAILED_REFUND_STATUSES):
+            refund_failure_recorded = market.record_card_refund_failure(meta(req), obj)["recorded"]
+        resp.media = {"received": True, "credited": credited, "refund_failure_recorded": refund_failure_recorded}
 
 
 class Balances:

@@ -1,12 +1,16 @@
 """Card refund commands: the channel's ``Refunded`` is the intent, Stripe refunds it per
 PaymentIntent, and each outcome is recorded on the channel (``CardRefundSent`` /
 ``CardRefundFailed``). Every Stripe call is keyed by the channel and the intent, so a retry
-after a timeout or a crash gets the same refund back, never a second one."""
+after a timeout or a crash gets the same refund back, never a second one. A refund Stripe
+accepts can still fail days later (the card was closed): its ``refund.failed`` webhook
+records ``CardRefundFailed`` on top of ``CardRefundSent`` and the hub holds the money for
+the buyer again, for an operator to pay another way."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from domain.channel import FAILED_REFUND_STATUSES, parse_card_refund_key
 from domain.errors import InvalidInput, InvalidState, Unavailable
 
 if TYPE_CHECKING:
@@ -47,10 +51,42 @@ class CardRefundCommands:
                 except InvalidInput as exc:
                     self._card_refund_outcome(meta, channel.id, intent_id, failure_reason=repr(exc))
                     continue
+                if refund.get("status") in FAILED_REFUND_STATUSES:  # refused at once, not later
+                    self._card_refund_outcome(meta, channel.id, intent_id,
+                                              failure_reason=f"refund {refund['id']} {refund['status']}")
+                    continue
                 self._card_refund_outcome(meta, channel.id, intent_id, stripe_refund_id=refund["id"])
             channel = self.channel(channel_id)
         return {p["payment_intent_id"]: channel.card_refunds.get(p["payment_intent_id"], {}).get("status", "pending")
                 for p in channel.card_refund_plan()}
+
+    def record_card_refund_failure(self: Marketplace, meta: dict, refund: dict[str, Any]) -> dict[str, Any]:
+        """Record a refund Stripe failed after accepting it, from a *verified* webhook
+        (``refund.failed``, or ``charge.refund.updated`` / ``refund.updated`` with a failed
+        status). A replay records nothing more; a refund that is not ours is acknowledged
+        and ignored (Stripe would otherwise redeliver it for days).
+
+        Returns:
+            ``{"recorded": bool, "channel_id": str | None}``.
+        """
+        refund_id, status = refund.get("id"), refund.get("status")
+        owner = parse_card_refund_key((refund.get("metadata") or {}).get("refund_key"))
+        if not isinstance(refund_id, str) or status not in FAILED_REFUND_STATUSES:
+            raise InvalidInput("refund event lacks an id or a failed status", param="data.object")
+        if owner is None or owner[1] != refund.get("payment_intent"):
+            return {"recorded": False, "channel_id": None}
+        channel_id, intent_id = owner
+        reason = f"refund {refund_id} {status}: {refund.get('failure_reason') or 'unknown'}"
+
+        def command() -> bool:
+            channel = self.channel(channel_id)
+            if not channel.mark_card_refund_failed_later(meta, intent_id, refund_id, reason):
+                return False
+            channel.check_invariants()
+            self.save(channel)
+            return True
+
+        return {"recorded": self.retrying(command), "channel_id": str(channel_id)}
 
     def _card_refund_outcome(self: Marketplace, meta: dict, channel_id: UUID, intent_id: str, *,
                              stripe_refund_id: str = "", failure_reason: str = "") -> None:

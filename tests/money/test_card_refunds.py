@@ -20,7 +20,7 @@ from domain.channel import Channel
 from domain.errors import InvalidState
 from domain.ledger import LedgerInvariantViolated
 from tests.money.conftest import catch_up, deliver_webhook, open_card_channel, person
-from tests.stubs import payment_intent_succeeded_event
+from tests.stubs import payment_intent_succeeded_event, webhook_event
 from workers.jobs import Jobs, schedules
 from workers.payments.errors import PaymentProviderUnavailable
 from workers.refunds import send_card_refunds, sweep_refunds
@@ -237,3 +237,80 @@ def test_cron_sweep_and_actor_retry_through_dramatiq(money_client, money_runtime
     assert [r.status for r in stripe_stub.requests_to("POST", "/v1/refunds")] == [503, 503, 503, 200, 200]
     recorded = money_runtime.market.channel(channel_id).card_refunds
     assert {pi: r["status"] for pi, r in recorded.items()} == {pi_top_up: "sent", pi_open: "sent"}
+
+
+# -- refunds Stripe fails after accepting them (refund.failed) -------------------------------------
+
+
+def test_a_sent_refund_that_fails_later_is_held_for_the_buyer_again() -> None:
+    channel = settled_card_channel([("stripe:pi_a", 3_000), ("stripe:pi_b", 2_000)], 2_500)
+    ref = ledger.ChannelRef(str(channel.id), "b", "USD", "card")
+    assert channel.mark_card_refund_sent(META, "pi_b", "re_1") is True
+    with pytest.raises(InvalidState):
+        channel.mark_card_refund_failed_later(META, "pi_b", "re_other", "not ours")
+    assert channel.mark_card_refund_failed_later(META, "pi_b", "re_1", "card closed") is True
+    assert channel.mark_card_refund_failed_later(META, "pi_b", "re_1", "card closed") is False  # replayed webhook
+    # Failed before the worker recorded it sent: recorded failed; the worker's retry then records nothing.
+    assert channel.mark_card_refund_failed_later(META, "pi_a", "re_2", "lost card") is True
+    assert channel.mark_card_refund_sent(META, "pi_a", "re_2") is False
+    channel.check_invariants()
+    assert {pi: (r["status"], r["stripe_refund_id"]) for pi, r in channel.card_refunds.items()} == {
+        "pi_b": ("failed", "re_1"), "pi_a": ("failed", "re_2")}
+    postings = [p for e in channel.collect_events() for p in ledger.channel_postings(ref, e)]
+    held = sum(p.amount_minor for p in postings if p.account == ledger.channel_account(ref))
+    assert held == 2_500  # refunded, then both refunds reversed: the hub holds it all for the buyer
+
+
+def test_refund_keys_round_trip() -> None:
+    from domain.channel import card_refund_key, parse_card_refund_key
+
+    channel_id = uuid.uuid4()
+    assert parse_card_refund_key(card_refund_key(channel_id, "pi_3Abc")) == (channel_id, "pi_3Abc")
+    for bad in (None, 7, "", "rf_xyz_pi_1", f"rf_{channel_id.hex}_ch_1", f"rf_{channel_id.hex}_pi_1 "):
+        assert parse_card_refund_key(bad) is None
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_refund_failed_webhook_puts_the_money_back_for_the_buyer(money_client, money_runtime, stripe_stub) -> None:
+    buyer, channel_id, funded = closed_two_intent_channel(money_client, stripe_stub, money_runtime)
+    pi_open, pi_top_up = funded
+    assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "sent", pi_open: "sent"}
+    refund_of = {r["payment_intent"]: r["id"] for r in stripe_stub.refunds.values()}
+
+    failed = stripe_stub.fail_refund(refund_of[pi_top_up])  # 2,000 never reached the card
+    forged = deliver_webhook(money_client, webhook_event("refund.failed", failed), secret="whsec_forged")
+    assert forged.status_code == 401 and forged.json["code"] == "signature_invalid", forged.json
+    body = webhook_event("refund.failed", failed)
+    for recorded in (True, False):  # Stripe redelivers: recorded once
+        w = deliver_webhook(money_client, body)
+        assert w.status_code == 200 and w.json["refund_failure_recorded"] is recorded, w.json
+    # The same news in the older event type, for the other refund.
+    later = stripe_stub.fail_refund(refund_of[pi_open], reason="lost_or_stolen_card")
+    w = deliver_webhook(money_client, webhook_event("charge.refund.updated", later))
+    assert w.json["refund_failure_recorded"] is True, w.json
+    # A refund that is not ours (no key of ours) is acknowledged and changes nothing.
+    foreign = {**failed, "id": "re_foreign", "metadata": {}}
+    assert deliver_webhook(money_client, webhook_event("refund.failed", foreign)).json["refund_failure_recorded"] is False
+    # A successful refund's update is not a failure.
+    ok = deliver_webhook(money_client, webhook_event("refund.updated", {**failed, "status": "succeeded"}))
+    assert ok.status_code == 200 and ok.json["refund_failure_recorded"] is None
+
+    view = money_client.simulate_get(f"/v1/channels/{channel_id}", headers=buyer["headers"]).json
+    assert {(r["payment_intent_id"], r["status"], r["stripe_refund_id"]) for r in view["card_refunds"]} == {
+        (pi_top_up, "failed", refund_of[pi_top_up]), (pi_open, "failed", refund_of[pi_open])}
+    catch_up(money_runtime)
+    assert sweep_refunds(money_runtime) == []  # never resent by itself: an operator pays it another way
+    balances = assert_ledger_balanced(money_runtime)
+    assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 2_500
+    assert balances["external:stripe"] == -2_500 - 2_500  # paid in 5,000, none of it went back out
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_refund_stripe_answers_failed_is_recorded_failed(money_client, money_runtime, stripe_stub) -> None:
+    buyer, channel_id, funded = closed_two_intent_channel(money_client, stripe_stub, money_runtime)
+    pi_open, pi_top_up = funded
+    stripe_stub.fail_next_refund()
+    assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "failed", pi_open: "sent"}
+    catch_up(money_runtime)
+    balances = assert_ledger_balanced(money_runtime)
+    assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 2_000

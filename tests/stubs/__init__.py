@@ -8,6 +8,7 @@ from tests.stubs.stripe_stub import (
     payment_intent_succeeded_event,
     sign_webhook,
     stripe_stub_fixture,
+    webhook_event,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "payment_intent_succeeded_event",
     "sign_webhook",
     "stripe_stub_fixture",
+    "webhook_event",
 ]

@@ -133,6 +133,7 @@ class StripeStub:
         self._lock = threading.Lock()
         self._idempotency: dict[str, _Stored] = {}
         self._failures: list[int] = []
+        self._refund_failures: list[str] = []  # reasons for refunds to create already failed
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -193,6 +194,20 @@ class StripeStub:
             intent["status"] = "succeeded"
             intent["amount_received"] = intent["amount"]
             return json.loads(json.dumps(intent))
+
+    def fail_next_refund(self, reason: str = "expired_or_canceled_card") -> None:
+        """Create the next refund already failed (Stripe answers 200 with ``status: failed``)."""
+        with self._lock:
+            self._refund_failures.append(reason)
+
+    def fail_refund(self, refund_id: str, reason: str = "expired_or_canceled_card") -> dict[str, Any]:
+        """Fail an accepted refund, as the card network can days later (the card was closed):
+        the money returns to the platform's balance. Returns a copy of the refund."""
+        with self._lock:
+            refund = self.refunds[refund_id]
+            refund["status"], refund["failure_reason"] = "failed", reason
+            self.payment_intents[refund["payment_intent"]]["amount_refunded"] -= refund["amount"]
+            return json.loads(json.dumps(refund))
 
     # -- request handling (called from the handler threads) --------------------------------
 
@@ -330,6 +345,9 @@ class StripeStub:
             "status": "succeeded",
             "created": int(time.time()),
         }
+        if self._refund_failures:  # Stripe can answer a refund that failed at once
+            refund["status"], refund["failure_reason"] = "failed", self._refund_failures.pop(0)
+            intent["amount_refunded"] -= int(amount)
         self.refunds[refund["id"]] = refund
         return refund
 
@@ -495,16 +513,21 @@ def payment_intent_succeeded_event(
     intent = json.loads(json.dumps(pi))
     intent["status"] = "succeeded"
     intent["amount_received"] = intent.get("amount", 0)
+    return webhook_event("payment_intent.succeeded", intent, event_id=event_id, created=created)
+
+
+def webhook_event(kind: str, obj: dict[str, Any], *, event_id: str | None = None, created: int | None = None) -> bytes:
+    """The JSON body of a Stripe event of type ``kind`` about ``obj`` (e.g. ``refund.failed``)."""
     event = {
         "id": event_id or "evt_" + secrets.token_hex(12),
         "object": "event",
         "api_version": API_VERSION,
         "created": int(time.time()) if created is None else created,
-        "data": {"object": intent},
+        "data": {"object": obj},
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
-        "type": "payment_intent.succeeded",
+        "type": kind,
     }
     return json.dumps(event, separators=(",", ":")).encode()
 
