@@ -126,6 +126,32 @@ class Channel(MarketAggregate):
         self.funding_minor[funding_ref] = amount_minor
         self.status = "open"
 
+    def return_late_payment(self, meta: dict, *, amount_minor: int, funding_ref: str) -> bool:
+        """Take in, and give straight back, a card payment that succeeded after the channel
+        settled (a top-up paid while the buyer closed). The money did reach the hub, so the
+        ledger records it arriving and leaving as a refund; the refund sweep sends it back
+        to the same card (it is the newest funding, so the plan refunds it first and whole,
+        and the parts planned before it stay as they were). False if already taken in.
+
+        Raises:
+            InvalidState: not a settled card channel (a closing one settles first; Stripe
+                redelivers the webhook).
+        """
+        _check_amount(amount_minor)
+        if self.rail != "card" or self.status != "settled":
+            raise InvalidState(f"channel is {self.status}; it takes no more funds")
+        if funding_ref in self.funding_refs:
+            return False
+        self._late_payment_received(meta=meta, amount_minor=amount_minor, funding_ref=funding_ref)
+        self._refunded(meta=meta, amount_minor=amount_minor, refund_ref=funding_ref)
+        return True
+
+    @event("LatePaymentReceived")
+    def _late_payment_received(self, meta: dict, amount_minor: int, funding_ref: str) -> None:
+        self.deposit_minor += amount_minor
+        self.funding_refs.append(funding_ref)
+        self.funding_minor[funding_ref] = amount_minor
+
     # -- debits -------------------------------------------------------------------------------
     def replay(self, key: str, request_hash: str) -> dict[str, Any] | None:
         """The first answer for ``key`` if this exact request was seen; None if new."""

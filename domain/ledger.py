@@ -154,7 +154,7 @@ def channel_postings(ref: ChannelRef, event: object) -> list[Posting]:
     data = event.__dict__
     if name == "Opened":
         return funded(ref, data["deposit_minor"]) if data["deposit_minor"] else []
-    if name == "ToppedUp":
+    if name in ("ToppedUp", "LatePaymentReceived"):  # a late payment's Refunded follows at once
         return funded(ref, data["amount_minor"])
     if name == "Debited":
         return debited(ref, data["amount_minor"], data["fee_minor"], data["seller_account_id"])

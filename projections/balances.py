@@ -21,7 +21,7 @@ from projections.db import Tx
 class Balances(Projection):
     name = "balances"
     version = 2  # 2: card refunds (money_channels.card_refund_pending_minor)
-    event_types = (Channel.Opened, Channel.ToppedUp, Channel.VoucherRecorded, Channel.Debited,
+    event_types = (Channel.Opened, Channel.ToppedUp, Channel.LatePaymentReceived, Channel.VoucherRecorded, Channel.Debited,
                    Channel.CloseRequested, Channel.Expired, Channel.Settled, Channel.Refunded,
                    Channel.CardRefundSent, Channel.CardRefundFailed,
                    SellerPayouts.Started, SellerPayouts.PayoutRequested, SellerPayouts.PayoutSent,
@@ -113,6 +113,12 @@ class Balances(Projection):
     def _topped_up(self, event: Channel.ToppedUp, tx: Tx, position: int) -> None:
         channel_id = str(event.originator_id)
         self._channel(tx, channel_id, "deposit_minor = deposit_minor + ?, status = 'open'", (event.amount_minor,))
+        self._post(tx, event, position, "funded", ledger.funded(self._ref(tx, channel_id), event.amount_minor))
+
+    @process.register
+    def _late_payment(self, event: Channel.LatePaymentReceived, tx: Tx, position: int) -> None:
+        channel_id = str(event.originator_id)  # settled stays settled; its Refunded follows
+        self._channel(tx, channel_id, "deposit_minor = deposit_minor + ?", (event.amount_minor,))
         self._post(tx, event, position, "funded", ledger.funded(self._ref(tx, channel_id), event.amount_minor))
 
     @process.register

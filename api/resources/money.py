@@ -189,12 +189,14 @@ class StripeWebhook:
         market = req.context.runtime.market
         event = market.card_gateway().verify_webhook(raw, req.get_header("Stripe-Signature"))
         kind, obj = event["type"], event["data"]
-        credited = refund_failure_recorded = None
+        credited = returned = refund_failure_recorded = None
         if kind == "payment_intent.succeeded":
-            credited = market.credit_card_payment(meta(req), obj)["credited"]
+            outcome = market.credit_card_payment(meta(req), obj)
+            credited, returned = outcome["credited"], outcome["returned"]
         elif kind == "refund.failed" or (kind in REFUND_UPDATES and obj.get("status") in FAILED_REFUND_STATUSES):
             refund_failure_recorded = market.record_card_refund_failure(meta(req), obj)["recorded"]
-        resp.media = {"received": True, "credited": credited, "refund_failure_recorded": refund_failure_recorded}
+        resp.media = {"received": True, "credited": credited, "returned": returned,
+                      "refund_failure_recorded": refund_failure_recorded}
 
 
 class Balances:

@@ -190,7 +190,11 @@ class MoneyCommands(SettlementCommands, CardRefundCommands):
                                                    "client_secret": intent["client_secret"]}}
 
     def credit_card_payment(self: Marketplace, meta: dict, intent: dict[str, Any]) -> dict[str, Any]:
-        """Fund a channel from a *verified* ``payment_intent.succeeded``; a replay changes nothing."""
+        """Fund a channel from a *verified* ``payment_intent.succeeded``; a replay changes nothing.
+
+        A payment for a channel that has settled since (``returned``) is recorded and
+        refunded to the card by the refund sweep, so money that arrived is never lost.
+        """
         pi_id = intent.get("id")
         channel_ref = (intent.get("metadata") or {}).get("channel_id")
         amount = intent.get("amount_received") or intent.get("amount")
@@ -202,14 +206,18 @@ class MoneyCommands(SettlementCommands, CardRefundCommands):
             index_id = natural_id(NS_CARD_PAYMENT, pi_id)
             channel = self.channel(channel_ref)
             if self.exists(index_id):
-                return {"credited": False, "channel": channel.to_public()}
+                return {"credited": False, "returned": False, "channel": channel.to_public()}
             if channel.rail != "card" or channel.currency != currency:
                 raise InvalidInput("payment intent does not match its channel", param="data.object")
-            channel.top_up(meta, amount_minor=amount, funding_ref=f"stripe:{pi_id}")
+            late = channel.status == "settled"  # paid after the close: refunded, never lost
+            if late:
+                channel.return_late_payment(meta, amount_minor=amount, funding_ref=f"stripe:{pi_id}")
+            else:
+                channel.top_up(meta, amount_minor=amount, funding_ref=f"stripe:{pi_id}")
             index = Index(id=index_id, meta=meta, kind="card_payment", target_id=str(channel.id))
             channel.check_invariants()
             self.save(channel, index)
-            return {"credited": True, "channel": channel.to_public()}
+            return {"credited": not late, "returned": late, "channel": channel.to_public()}
 
         return self.retrying(command)
 

@@ -314,3 +314,31 @@ def test_a_refund_stripe_answers_failed_is_recorded_failed(money_client, money_r
     catch_up(money_runtime)
     balances = assert_ledger_balanced(money_runtime)
     assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 2_000
+
+
+# -- a payment that succeeds after the channel settled -------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_a_top_up_paid_after_the_close_is_refunded_not_lost(money_client, money_runtime, stripe_stub) -> None:
+    buyer, channel_id, funded = closed_two_intent_channel(money_client, stripe_stub, money_runtime)
+    pi_open, pi_top_up = funded
+    assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "sent", pi_open: "sent"}
+    # A top-up the buyer started before closing, paid only now: the webhook arrives for a settled channel.
+    late = money_runtime.market.payments.create_payment_intent(
+        amount_minor=700, currency="USD", channel_id=channel_id, idempotency_key=uuid.uuid4().hex)
+    body = payment_intent_succeeded_event(stripe_stub.succeed_payment_intent(late["id"]))
+    first, again = deliver_webhook(money_client, body), deliver_webhook(money_client, body)
+    assert (first.status_code, first.json["credited"], first.json["returned"]) == (200, False, True), first.json
+    assert (again.json["credited"], again.json["returned"]) == (False, False)  # Stripe redelivers: once
+    view = money_client.simulate_get(f"/v1/channels/{channel_id}", headers=buyer["headers"]).json
+    assert (view["status"], view["deposit_minor"], view["refunded_minor"]) == ("settled", 5_700, 3_200)
+
+    catch_up(money_runtime)
+    assert sweep_refunds(money_runtime) == [channel_id]
+    assert send_card_refunds(money_runtime, channel_id) == {late["id"]: "sent", pi_top_up: "sent", pi_open: "sent"}
+    assert refunded_at_stub(stripe_stub) == {pi_top_up: 2_000, pi_open: 500, late["id"]: 700}
+    catch_up(money_runtime)
+    assert sweep_refunds(money_runtime) == []
+    balances = assert_ledger_balanced(money_runtime)
+    assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 0

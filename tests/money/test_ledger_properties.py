@@ -69,8 +69,16 @@ class ChannelMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 50), amount=st.integers(1, 3000), ref=st.integers(0, 3))
     def top_up(self, i: int, amount: int, ref: int) -> None:
         channel = self.channels[i % len(self.channels)]
+        funding_ref = self._ref(channel.rail, f"topup-{ref}")
+        if channel.rail == "card" and channel.status == "settled":  # paid after the close: given back
+            planned = {p["payment_intent_id"]: p["amount_minor"] for p in channel.card_refund_plan()}
+            if channel.return_late_payment(META, amount_minor=amount, funding_ref=funding_ref):
+                after = {p["payment_intent_id"]: p["amount_minor"] for p in channel.card_refund_plan()}
+                assert after == {**planned, funding_ref.removeprefix("stripe:"): amount}  # older parts unchanged
+            self._apply(channel)
+            return
         try:
-            channel.top_up(META, amount_minor=amount, funding_ref=self._ref(channel.rail, f"topup-{ref}"))
+            channel.top_up(META, amount_minor=amount, funding_ref=funding_ref)
         except InvalidState:
             assert channel.status in ("closing", "settled")
         self._apply(channel)
@@ -125,15 +133,18 @@ class ChannelMachine(RuleBasedStateMachine):
         return [c for c in self.channels if c.card_refunds_pending()]
 
     @precondition(lambda self: self._refundable())
-    @rule(i=st.integers(0, 50), refused=st.booleans())
-    def card_refund(self, i: int, refused: bool) -> None:
+    @rule(i=st.integers(0, 50), outcome=st.sampled_from(["sent", "refused", "failed_later"]))
+    def card_refund(self, i: int, outcome: str) -> None:
         candidates = self._refundable()
         channel = candidates[i % len(candidates)]
         intent_id = channel.card_refunds_pending()[0]["payment_intent_id"]
-        if refused:
+        if outcome == "refused":
             assert channel.mark_card_refund_failed(META, intent_id, "refused")
         else:
             assert channel.mark_card_refund_sent(META, intent_id, f"re_{intent_id}")
+        if outcome == "failed_later":  # Stripe's refund.failed, delivered twice
+            assert channel.mark_card_refund_failed_later(META, intent_id, f"re_{intent_id}", "card closed")
+            assert not channel.mark_card_refund_failed_later(META, intent_id, f"re_{intent_id}", "card closed")
         assert not channel.mark_card_refund_sent(META, intent_id, "re_again")  # once per plan entry
         self._apply(channel)
 
