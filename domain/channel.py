@@ -102,7 +102,8 @@ class Channel(MarketAggregate):
         self.funding_refs = [funding_ref] if funding_ref else []
         # funding_ref -> amount it paid in (order of arrival is funding_refs' order).
         self.funding_minor: dict[str, int] = {funding_ref: deposit_minor} if funding_ref and deposit_minor else {}
-        # payment intent id -> {"amount_minor", "status" (sent | failed), "stripe_refund_id", "reason"}
+        # payment intent id -> {"amount_minor", "status" (sent | failed | resolved), "stripe_refund_id",
+        # "reason" (Stripe's failure, or the operator's reference once resolved)}
         self.card_refunds: dict[str, dict[str, Any]] = {}
         self.settled_minor = 0
         self.refunded_minor = 0
@@ -403,6 +404,26 @@ class Channel(MarketAggregate):
                                  reason=reason[:300], stripe_refund_id=stripe_refund_id)
         return True
 
+    def resolve_card_refund(self, meta: dict, payment_intent_id: str, reference: str) -> bool:
+        """An operator gave a failed card refund back another way (a bank transfer, a new
+        charge reversed by hand): the hub no longer holds it. False if already resolved.
+
+        Raises:
+            InvalidInput: an empty or over-long reference (what the operator did, for audit).
+            InvalidState: this payment's refund is not failed (nothing to resolve).
+        """
+        reference = reference.strip() if isinstance(reference, str) else ""
+        if not 0 < len(reference) <= 200:
+            raise InvalidInput("reference must say how the refund was paid (1-200 characters)", param="reference")
+        recorded = self.card_refunds.get(payment_intent_id)
+        if recorded is not None and recorded["status"] == "resolved":
+            return False
+        if recorded is None or recorded["status"] != "failed":
+            raise InvalidState(f"the refund of {payment_intent_id} has not failed; there is nothing to resolve")
+        self._card_refund_resolved(meta=meta, payment_intent_id=payment_intent_id,
+                                   amount_minor=recorded["amount_minor"], reference=reference)
+        return True
+
     def _planned_refund(self, payment_intent_id: str) -> dict[str, Any] | None:
         if payment_intent_id in self.card_refunds:
             return None
@@ -423,6 +444,11 @@ class Channel(MarketAggregate):
         # Also after CardRefundSent (Stripe failed it later); the ledger reverses it either way.
         self.card_refunds[payment_intent_id] = {"amount_minor": amount_minor, "status": "failed",
                                                 "stripe_refund_id": stripe_refund_id, "reason": reason}
+
+    @event("CardRefundResolved")
+    def _card_refund_resolved(self, meta: dict, payment_intent_id: str, amount_minor: int, reference: str) -> None:
+        self.card_refunds[payment_intent_id] = {**self.card_refunds[payment_intent_id], "status": "resolved",
+                                                "reason": reference}
 
     # -- invariants and views -----------------------------------------------------------------
     def check_invariants(self) -> None:

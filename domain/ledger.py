@@ -11,6 +11,7 @@ Accounts:
     ``seller:<account>:payable``           what the hub owes a seller (per currency).
     ``platform:fees``                      the platform's earned fees.
     ``external:chain`` / ``external:stripe`` the rails money arrives and leaves by.
+    ``external:operator``                  paid out by an operator by hand (failed card refunds).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 PLATFORM_FEES = "platform:fees"
+OPERATOR_PAID = "external:operator"  # money an operator paid out by hand (a failed card refund)
 RAILS = ("chain", "card")
 
 
@@ -109,6 +111,12 @@ def card_refund_reversed(ref: ChannelRef, amount_minor: int) -> list[Posting]:
                      Posting(channel_account(ref), ref.currency, amount_minor)])
 
 
+def card_refund_resolved(ref: ChannelRef, amount_minor: int) -> list[Posting]:
+    """An operator paid a failed card refund back outside the rails: it leaves the hub."""
+    return _checked([Posting(channel_account(ref), ref.currency, -amount_minor),
+                     Posting(OPERATOR_PAID, ref.currency, amount_minor)])
+
+
 def paid_out(seller_account_id: str, currency: str, amount_minor: int) -> list[Posting]:
     """A card-rail payout (Stripe Connect transfer) to a seller."""
     return _checked([Posting(seller_payable(seller_account_id), currency, -amount_minor),
@@ -164,6 +172,8 @@ def channel_postings(ref: ChannelRef, event: object) -> list[Posting]:
         return refunded(ref, data["amount_minor"])
     if name == "CardRefundFailed":
         return card_refund_reversed(ref, data["amount_minor"])
+    if name == "CardRefundResolved":
+        return card_refund_resolved(ref, data["amount_minor"])
     return []
 
 

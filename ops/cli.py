@@ -112,6 +112,17 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resolve_refund(args: argparse.Namespace) -> int:
+    runtime = _runtime()
+    try:
+        channel = runtime.market.resolve_card_refund(Meta("operator:cli", "cli").as_dict(), args.channel_id,
+                                                     args.payment_intent_id, args.reference)
+    finally:
+        runtime.close()
+    print(json.dumps(channel))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aimarket", description="The aimarket hub.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = admin.add_parser("rotate-key", help="rotate a platform key (24 h grace for the old one)")
     rotate.add_argument("purpose", choices=["session", "signing", "kx"])
     rotate.set_defaults(func=cmd_rotate_key)
+    resolve = admin.add_parser("resolve-refund", help="record how a failed card refund was paid instead")
+    resolve.add_argument("channel_id")
+    resolve.add_argument("payment_intent_id")
+    resolve.add_argument("--reference", required=True, help="what you did, for the audit log (1-200 characters)")
+    resolve.set_defaults(func=cmd_resolve_refund)
     return parser
 
 

@@ -23,7 +23,7 @@ class Balances(Projection):
     version = 2  # 2: card refunds (money_channels.card_refund_pending_minor)
     event_types = (Channel.Opened, Channel.ToppedUp, Channel.LatePaymentReceived, Channel.VoucherRecorded, Channel.Debited,
                    Channel.CloseRequested, Channel.Expired, Channel.Settled, Channel.Refunded,
-                   Channel.CardRefundSent, Channel.CardRefundFailed,
+                   Channel.CardRefundSent, Channel.CardRefundFailed, Channel.CardRefundResolved,
                    SellerPayouts.Started, SellerPayouts.PayoutRequested, SellerPayouts.PayoutSent,
                    SellerPayouts.PayoutFailed)
     tables = ("ledger_postings", "ledger_balances", "money_channels", "seller_earnings", "payouts",
@@ -180,6 +180,12 @@ class Balances(Projection):
                       (event.amount_minor,))
         self._post(tx, event, position, "refund_reversed",
                    ledger.card_refund_reversed(self._ref(tx, channel_id), event.amount_minor))
+
+    @process.register
+    def _card_refund_resolved(self, event: Channel.CardRefundResolved, tx: Tx, position: int) -> None:
+        channel_id = str(event.originator_id)
+        self._post(tx, event, position, "refund_resolved",
+                   ledger.card_refund_resolved(self._ref(tx, channel_id), event.amount_minor))
 
     @process.register
     def _payouts_started(self, event: SellerPayouts.Started, tx: Tx, position: int) -> None:

@@ -88,6 +88,20 @@ class CardRefundCommands:
 
         return {"recorded": self.retrying(command), "channel_id": str(channel_id)}
 
+    def resolve_card_refund(self: Marketplace, meta: dict, channel_id: str | UUID, payment_intent_id: str,
+                            reference: str) -> dict[str, Any]:
+        """An operator records how a failed card refund was paid instead (``aimarket admin
+        resolve-refund``); repeating it changes nothing. Returns the channel's public view."""
+
+        def command() -> dict[str, Any]:
+            channel = self.channel(channel_id)
+            if channel.resolve_card_refund(meta, payment_intent_id, reference):
+                channel.check_invariants()
+                self.save(channel)
+            return channel.to_public()
+
+        return self.retrying(command)
+
     def _card_refund_outcome(self: Marketplace, meta: dict, channel_id: UUID, intent_id: str, *,
                              stripe_refund_id: str = "", failure_reason: str = "") -> None:
         def command() -> None:

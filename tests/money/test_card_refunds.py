@@ -7,6 +7,7 @@ after Stripe answered, or a redelivered message never refunds twice."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -342,3 +343,58 @@ def test_a_top_up_paid_after_the_close_is_refunded_not_lost(money_client, money_
     assert sweep_refunds(money_runtime) == []
     balances = assert_ledger_balanced(money_runtime)
     assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 0
+
+
+# -- an operator resolves a failed refund -----------------------------------------------------------
+
+
+def test_an_operator_resolves_a_failed_refund_once() -> None:
+    from domain.errors import InvalidInput
+
+    channel = settled_card_channel([("stripe:pi_a", 3_000), ("stripe:pi_b", 2_000)], 2_500)
+    ref = ledger.ChannelRef(str(channel.id), "b", "USD", "card")
+    assert channel.mark_card_refund_sent(META, "pi_b", "re_1")
+    assert channel.mark_card_refund_failed(META, "pi_a", "card closed")
+    with pytest.raises(InvalidState):
+        channel.resolve_card_refund(META, "pi_b", "bank transfer 42")  # sent, not failed
+    with pytest.raises(InvalidState):
+        channel.resolve_card_refund(META, "pi_unknown", "bank transfer 42")
+    for bad in ("", "   ", "x" * 201, None):
+        with pytest.raises(InvalidInput):
+            channel.resolve_card_refund(META, "pi_a", bad)  # type: ignore[arg-type]
+    assert channel.resolve_card_refund(META, "pi_a", " bank transfer 42 ") is True
+    assert channel.resolve_card_refund(META, "pi_a", "bank transfer 42") is False
+    channel.check_invariants()
+    assert channel.card_refunds["pi_a"] == {"amount_minor": 500, "status": "resolved", "stripe_refund_id": "",
+                                                 "reason": "bank transfer 42"}
+    postings = [p for e in channel.collect_events() for p in ledger.channel_postings(ref, e)]
+    ledger.check_balanced(postings)
+    held = sum(p.amount_minor for p in postings if p.account == ledger.channel_account(ref))
+    assert held == 0  # refunded, reversed, then paid by the operator
+    assert sum(p.amount_minor for p in postings if p.account == ledger.OPERATOR_PAID) == 500
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_resolve_refund_from_the_command_line(money_client, money_runtime, stripe_stub, monkeypatch, capsys) -> None:
+    from ops import cli
+    from tests.conftest import TEST_SECRET
+
+    buyer, channel_id, funded = closed_two_intent_channel(money_client, stripe_stub, money_runtime)
+    pi_open, pi_top_up = funded
+    stripe_stub.fail_next_refund()
+    assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "failed", pi_open: "sent"}
+    settings = money_runtime.settings
+    for name, value in {"AIMARKET_DATABASE_URL": settings.database_url, "AIMARKET_DB_SCHEMA": settings.db_schema,
+                        "AIMARKET_SECRET": TEST_SECRET}.items():
+        monkeypatch.setenv(name, value)
+    argv = ["admin", "resolve-refund", channel_id, pi_top_up, "--reference", "SEPA transfer 2026-11-21"]
+    assert cli.main(argv) == 0 and cli.main(argv) == 0  # the second run records nothing more
+    view = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert {r["payment_intent_id"]: r["status"] for r in view["card_refunds"]} == {pi_top_up: "resolved",
+                                                                                  pi_open: "sent"}
+    assert cli.main(["admin", "resolve-refund", channel_id, pi_open, "--reference", "x"]) == 2  # not failed
+    assert "nothing to resolve" in capsys.readouterr().err
+    catch_up(money_runtime)
+    balances = assert_ledger_balanced(money_runtime)
+    assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 0
+    assert balances[ledger.OPERATOR_PAID] == 2_000

@@ -133,18 +133,20 @@ class ChannelMachine(RuleBasedStateMachine):
         return [c for c in self.channels if c.card_refunds_pending()]
 
     @precondition(lambda self: self._refundable())
-    @rule(i=st.integers(0, 50), outcome=st.sampled_from(["sent", "refused", "failed_later"]))
+    @rule(i=st.integers(0, 50), outcome=st.sampled_from(["sent", "refused", "failed_later", "resolved"]))
     def card_refund(self, i: int, outcome: str) -> None:
         candidates = self._refundable()
         channel = candidates[i % len(candidates)]
         intent_id = channel.card_refunds_pending()[0]["payment_intent_id"]
-        if outcome == "refused":
+        if outcome in ("refused", "resolved"):
             assert channel.mark_card_refund_failed(META, intent_id, "refused")
         else:
             assert channel.mark_card_refund_sent(META, intent_id, f"re_{intent_id}")
         if outcome == "failed_later":  # Stripe's refund.failed, delivered twice
             assert channel.mark_card_refund_failed_later(META, intent_id, f"re_{intent_id}", "card closed")
             assert not channel.mark_card_refund_failed_later(META, intent_id, f"re_{intent_id}", "card closed")
+        if outcome == "resolved":  # an operator paid it back another way
+            assert channel.resolve_card_refund(META, intent_id, "bank transfer")
         assert not channel.mark_card_refund_sent(META, intent_id, "re_again")  # once per plan entry
         self._apply(channel)
 
