@@ -73,7 +73,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     runtime = _runtime()
     try:
-        report = verify_log(runtime.market)
+        report = verify_log(runtime.market, runtime.views)
     finally:
         runtime.close()
     print(json.dumps(report, indent=2))
