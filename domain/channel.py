@@ -370,13 +370,16 @@ class Channel(MarketAggregate):
                                amount_minor=planned["amount_minor"], stripe_refund_id=stripe_refund_id)
         return True
 
-    def mark_card_refund_failed(self, meta: dict, payment_intent_id: str, reason: str) -> bool:
-        """Record Stripe's permanent refusal of a planned part (left for an operator)."""
+    def mark_card_refund_failed(self, meta: dict, payment_intent_id: str, reason: str,
+                                stripe_refund_id: str = "") -> bool:
+        """Record Stripe's permanent refusal of a planned part (left for an operator);
+        ``stripe_refund_id`` when Stripe made the refund but answered it failed."""
         planned = self._planned_refund(payment_intent_id)
         if planned is None:
             return False
         self._card_refund_failed(meta=meta, payment_intent_id=payment_intent_id,
-                                 amount_minor=planned["amount_minor"], reason=reason[:300])
+                                 amount_minor=planned["amount_minor"], reason=reason[:300],
+                                 stripe_refund_id=stripe_refund_id)
         return True
 
     def mark_card_refund_failed_later(self, meta: dict, payment_intent_id: str, stripe_refund_id: str,
@@ -391,17 +394,14 @@ class Channel(MarketAggregate):
         """
         recorded = self.card_refunds.get(payment_intent_id)
         if recorded is None:  # failed before the worker recorded it sent (it will find it recorded)
-            planned = self._planned_refund(payment_intent_id)
-            assert planned is not None
-            amount_minor = planned["amount_minor"]
-        elif recorded["status"] == "failed":
+            return self.mark_card_refund_failed(meta, payment_intent_id, reason, stripe_refund_id)
+        if recorded["status"] in ("failed", "resolved"):  # Stripe redelivers, and sends several types
             return False
-        elif recorded["stripe_refund_id"] not in ("", stripe_refund_id):
+        if recorded["stripe_refund_id"] not in ("", stripe_refund_id):
             raise InvalidState(f"refund {stripe_refund_id} is not the one recorded for {payment_intent_id}")
-        else:
-            amount_minor = recorded["amount_minor"]
-        self._card_refund_failed(meta=meta, payment_intent_id=payment_intent_id, amount_minor=amount_minor,
-                                 reason=reason[:300], stripe_refund_id=stripe_refund_id)
+        self._card_refund_failed(meta=meta, payment_intent_id=payment_intent_id,
+                                 amount_minor=recorded["amount_minor"], reason=reason[:300],
+                                 stripe_refund_id=stripe_refund_id, after_sent=True)
         return True
 
     def resolve_card_refund(self, meta: dict, payment_intent_id: str, reference: str) -> bool:
@@ -440,8 +440,9 @@ class Channel(MarketAggregate):
 
     @event("CardRefundFailed")
     def _card_refund_failed(self, meta: dict, payment_intent_id: str, amount_minor: int, reason: str = "",
-                            stripe_refund_id: str = "") -> None:
-        # Also after CardRefundSent (Stripe failed it later); the ledger reverses it either way.
+                            stripe_refund_id: str = "", after_sent: bool = False) -> None:
+        # ``after_sent``: Stripe failed a refund we had recorded sent (the refund sweep had
+        # already stopped counting it as pending). The ledger reverses the refund either way.
         self.card_refunds[payment_intent_id] = {"amount_minor": amount_minor, "status": "failed",
                                                 "stripe_refund_id": stripe_refund_id, "reason": reason}
 

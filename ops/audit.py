@@ -19,7 +19,7 @@ BATCH = 1000
 def verify_log(market: Any, views: Any = None) -> dict[str, Any]:
     """Walk the whole log; ``views`` (the read-model store) adds the balances cross-check."""
     problems: list[str] = []
-    tracked, read_model = _balances_snapshot(views)  # before the walk: the log only grows
+    tracked, balances, pending = _balances_snapshot(views)  # before the walk: the log only grows
     money = LedgerAudit(tracked)
     versions: dict[str, int] = {}
     position, count = 0, 0
@@ -47,22 +47,28 @@ def verify_log(market: Any, views: Any = None) -> dict[str, Any]:
                                 f"expected {expected}")
             versions[stream] = n.originator_version
             money.feed(n.id, event)
-    ledger_report = money.report(read_model)
+    ledger_report = money.report(balances, pending)
     problems += money.problems
     return {"ok": not problems, "events": count, "streams": len(versions), "head_position": position,
             "ledger": ledger_report, "problems": problems[:100]}
 
 
-def _balances_snapshot(views: Any) -> tuple[int | None, list[dict[str, Any]] | None]:
-    """The balances projection's position and rows, read by one statement (one snapshot, even
-    while a runner commits); ``(None, None)`` without read models to compare."""
+def _balances_snapshot(views: Any) -> tuple[int | None, dict | None, dict | None]:
+    """The balances projection's position, ``ledger_balances`` and each channel's card
+    refund pending, read by one statement (one snapshot, even while a runner commits);
+    all None without read models to compare."""
     if views is None:
-        return None, None
+        return None, None, None
     from projections.balances import Balances
 
     rows = views.fetchall(
-        "SELECT t.position, b.account, b.currency, b.balance_minor FROM projection_tracking t"
-        " LEFT JOIN ledger_balances b ON 1 = 1 WHERE t.name = ?", (Balances.name,))
+        "SELECT t.position, 'b' AS kind, b.account AS k1, b.currency AS k2, b.balance_minor AS v"
+        " FROM projection_tracking t LEFT JOIN ledger_balances b ON 1 = 1 WHERE t.name = ?"
+        " UNION ALL SELECT t.position, 'c', c.channel_id, '', c.card_refund_pending_minor"
+        " FROM projection_tracking t JOIN money_channels c ON 1 = 1 WHERE t.name = ?",
+        (Balances.name, Balances.name))
     if not rows:
-        return None, None
-    return int(rows[0]["position"]), [r for r in rows if r["account"] is not None]
+        return None, None, None
+    balances = {(r["k1"], r["k2"]): int(r["v"]) for r in rows if r["kind"] == "b" and r["k1"] is not None}
+    pending = {r["k1"]: int(r["v"]) for r in rows if r["kind"] == "c"}
+    return int(rows[0]["position"]), balances, pending

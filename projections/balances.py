@@ -20,7 +20,9 @@ from projections.db import Tx
 
 class Balances(Projection):
     name = "balances"
-    version = 2  # 2: card refunds (money_channels.card_refund_pending_minor)
+    # 2: card refunds (money_channels.card_refund_pending_minor); 3: late payments, refunds
+    # failed after being sent, operator resolutions.
+    version = 3
     event_types = (Channel.Opened, Channel.ToppedUp, Channel.LatePaymentReceived, Channel.VoucherRecorded, Channel.Debited,
                    Channel.CloseRequested, Channel.Expired, Channel.Settled, Channel.Refunded,
                    Channel.CardRefundSent, Channel.CardRefundFailed, Channel.CardRefundResolved,
@@ -176,8 +178,9 @@ class Balances(Projection):
     @process.register
     def _card_refund_failed(self, event: Channel.CardRefundFailed, tx: Tx, position: int) -> None:
         channel_id = str(event.originator_id)
-        self._channel(tx, channel_id, "card_refund_pending_minor = card_refund_pending_minor - ?",
-                      (event.amount_minor,))
+        if not getattr(event, "after_sent", False):  # after CardRefundSent it is no longer pending
+            self._channel(tx, channel_id, "card_refund_pending_minor = card_refund_pending_minor - ?",
+                          (event.amount_minor,))
         self._post(tx, event, position, "refund_reversed",
                    ledger.card_refund_reversed(self._ref(tx, channel_id), event.amount_minor))
 

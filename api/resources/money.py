@@ -177,7 +177,7 @@ class Close:
                 log.warning("settlement.enqueue_failed", channel_id=resp.media["id"], error=repr(exc))
 
 
-REFUND_UPDATES = ("refund.updated", "charge.refund.updated")  # older API versions say it this way
+REFUND_UPDATES = ("refund.updated", "charge.refund.updated")  # Stripe sends both for some payment methods
 
 
 class StripeWebhook:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from domain.channel import FAILED_REFUND_STATUSES, parse_card_refund_key
-from domain.errors import InvalidInput, InvalidState, Unavailable
+from domain.errors import InvalidInput, InvalidState, NotFound, Unavailable
+
+log = structlog.get_logger("refunds")
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -52,7 +56,7 @@ class CardRefundCommands:
                     self._card_refund_outcome(meta, channel.id, intent_id, failure_reason=repr(exc))
                     continue
                 if refund.get("status") in FAILED_REFUND_STATUSES:  # refused at once, not later
-                    self._card_refund_outcome(meta, channel.id, intent_id,
+                    self._card_refund_outcome(meta, channel.id, intent_id, stripe_refund_id=refund["id"],
                                               failure_reason=f"refund {refund['id']} {refund['status']}")
                     continue
                 self._card_refund_outcome(meta, channel.id, intent_id, stripe_refund_id=refund["id"])
@@ -69,10 +73,10 @@ class CardRefundCommands:
         Returns:
             ``{"recorded": bool, "channel_id": str | None}``.
         """
-        refund_id, status = refund.get("id"), refund.get("status")
-        owner = parse_card_refund_key((refund.get("metadata") or {}).get("refund_key"))
+        refund_id, status, metadata = refund.get("id"), refund.get("status"), refund.get("metadata")
         if not isinstance(refund_id, str) or status not in FAILED_REFUND_STATUSES:
             raise InvalidInput("refund event lacks an id or a failed status", param="data.object")
+        owner = parse_card_refund_key(metadata.get("refund_key") if isinstance(metadata, dict) else None)
         if owner is None or owner[1] != refund.get("payment_intent"):
             return {"recorded": False, "channel_id": None}
         channel_id, intent_id = owner
@@ -86,7 +90,15 @@ class CardRefundCommands:
             self.save(channel)
             return True
 
-        return {"recorded": self.retrying(command), "channel_id": str(channel_id)}
+        try:
+            recorded = self.retrying(command)
+        except (NotFound, InvalidState) as exc:
+            # Our key, but not a refund of this hub's (another environment sharing the Stripe
+            # account) or not the one we recorded: acknowledged, or Stripe redelivers for days.
+            log.warning("card_refund.failure_ignored", refund_id=refund_id, channel_id=str(channel_id),
+                        reason=str(exc))
+            return {"recorded": False, "channel_id": None}
+        return {"recorded": recorded, "channel_id": str(channel_id)}
 
     def resolve_card_refund(self: Marketplace, meta: dict, channel_id: str | UUID, payment_intent_id: str,
                             reference: str) -> dict[str, Any]:
@@ -107,7 +119,7 @@ class CardRefundCommands:
         def command() -> None:
             channel = self.channel(channel_id)
             if failure_reason:
-                changed = channel.mark_card_refund_failed(meta, intent_id, failure_reason)
+                changed = channel.mark_card_refund_failed(meta, intent_id, failure_reason, stripe_refund_id)
             else:
                 changed = channel.mark_card_refund_sent(meta, intent_id, stripe_refund_id)
             if changed:  # False: another worker recorded this refund first (same Stripe refund)

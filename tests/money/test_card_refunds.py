@@ -20,6 +20,7 @@ from domain import ledger
 from domain.channel import Channel
 from domain.errors import InvalidState
 from domain.ledger import LedgerInvariantViolated
+from ops.audit import verify_log
 from tests.money.conftest import catch_up, deliver_webhook, open_card_channel, person
 from tests.stubs import payment_intent_succeeded_event, webhook_event
 from workers.jobs import Jobs, schedules
@@ -254,12 +255,15 @@ def test_a_sent_refund_that_fails_later_is_held_for_the_buyer_again() -> None:
     # Failed before the worker recorded it sent: recorded failed; the worker's retry then records nothing.
     assert channel.mark_card_refund_failed_later(META, "pi_a", "re_2", "lost card") is True
     assert channel.mark_card_refund_sent(META, "pi_a", "re_2") is False
+    assert [e.after_sent for e in channel.pending_events if type(e).__name__ == "CardRefundFailed"] == [True, False]
+    assert channel.resolve_card_refund(META, "pi_b", "bank transfer") is True
+    assert channel.mark_card_refund_failed_later(META, "pi_b", "re_1", "card closed") is False  # after resolving
     channel.check_invariants()
     assert {pi: (r["status"], r["stripe_refund_id"]) for pi, r in channel.card_refunds.items()} == {
-        "pi_b": ("failed", "re_1"), "pi_a": ("failed", "re_2")}
+        "pi_b": ("resolved", "re_1"), "pi_a": ("failed", "re_2")}
     postings = [p for e in channel.collect_events() for p in ledger.channel_postings(ref, e)]
     held = sum(p.amount_minor for p in postings if p.account == ledger.channel_account(ref))
-    assert held == 2_500  # refunded, then both refunds reversed: the hub holds it all for the buyer
+    assert held == 500  # refunded, both refunds reversed, the 2,000 paid by an operator
 
 
 def test_refund_keys_round_trip() -> None:
@@ -296,6 +300,15 @@ def test_refund_failed_webhook_puts_the_money_back_for_the_buyer(money_client, m
     ok = deliver_webhook(money_client, webhook_event("refund.updated", {**failed, "status": "succeeded"}))
     assert ok.status_code == 200 and ok.json["refund_failure_recorded"] is None
 
+    # Events naming our key but no refund of ours (another environment, another refund) are
+    # acknowledged, never answered with an error Stripe would redeliver for days.
+    unknown_channel = {**failed, "metadata": {"refund_key": f"rf_{uuid.uuid4().hex}_{pi_top_up}"}}
+    other_refund = {**failed, "id": "re_other"}
+    odd_metadata = {**failed, "metadata": "not an object"}
+    for obj in (unknown_channel, other_refund, odd_metadata):
+        odd = deliver_webhook(money_client, webhook_event("refund.failed", obj))
+        assert odd.status_code == 200 and odd.json["refund_failure_recorded"] is False, odd.json
+
     view = money_client.simulate_get(f"/v1/channels/{channel_id}", headers=buyer["headers"]).json
     assert {(r["payment_intent_id"], r["status"], r["stripe_refund_id"]) for r in view["card_refunds"]} == {
         (pi_top_up, "failed", refund_of[pi_top_up]), (pi_open, "failed", refund_of[pi_open])}
@@ -304,6 +317,26 @@ def test_refund_failed_webhook_puts_the_money_back_for_the_buyer(money_client, m
     balances = assert_ledger_balanced(money_runtime)
     assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 2_500
     assert balances["external:stripe"] == -2_500 - 2_500  # paid in 5,000, none of it went back out
+    audit = verify_log(money_runtime.market, money_runtime.views)  # read model's pending agrees with the log
+    assert audit["ok"], audit["problems"]
+
+    # Resolved by an operator, then Stripe sends the same failure again: nothing more is recorded.
+    money_runtime.market.resolve_card_refund(META, channel_id, pi_top_up, "bank transfer")
+    again = deliver_webhook(money_client, webhook_event("refund.updated", failed))
+    assert again.json["refund_failure_recorded"] is False, again.json
+    # A later payment on the settled channel is still sent back (its refund is pending again).
+    late = money_runtime.market.payments.create_payment_intent(
+        amount_minor=700, currency="USD", channel_id=channel_id, idempotency_key=uuid.uuid4().hex)
+    deliver_webhook(money_client, payment_intent_succeeded_event(stripe_stub.succeed_payment_intent(late["id"])))
+    catch_up(money_runtime)
+    assert sweep_refunds(money_runtime) == [channel_id]
+    assert send_card_refunds(money_runtime, channel_id)[late["id"]] == "sent"
+    catch_up(money_runtime)
+    balances = assert_ledger_balanced(money_runtime)
+    assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 500  # only the unresolved failed part
+    assert balances[ledger.OPERATOR_PAID] == 2_000
+    audit = verify_log(money_runtime.market, money_runtime.views)
+    assert audit["ok"], audit["problems"]
 
 
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
@@ -312,6 +345,9 @@ def test_a_refund_stripe_answers_failed_is_recorded_failed(money_client, money_r
     pi_open, pi_top_up = funded
     stripe_stub.fail_next_refund()
     assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "failed", pi_open: "sent"}
+    made = {r["payment_intent"]: r["id"] for r in stripe_stub.refunds.values()}
+    recorded = money_runtime.market.channel(channel_id).card_refunds
+    assert recorded[pi_top_up]["stripe_refund_id"] == made[pi_top_up]  # kept, so a later event can be matched
     catch_up(money_runtime)
     balances = assert_ledger_balanced(money_runtime)
     assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 2_000

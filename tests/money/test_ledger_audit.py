@@ -46,7 +46,13 @@ def test_the_log_proves_the_ledger_and_the_read_model(money_client, money_runtim
         tx.execute("UPDATE ledger_balances SET balance_minor = balance_minor + 1 WHERE account = 'platform:fees'")
     edited = verify_log(market, views)
     assert not edited["ok"]
-    assert edited["problems"] == ["read model: platform:fees USD is 151, the log says 150"]
+    assert edited["problems"] == ["read model: ledger_balances platform:fees USD is 151, the log says 150"]
+    with views.transaction() as tx:
+        tx.execute("UPDATE ledger_balances SET balance_minor = balance_minor - 1 WHERE account = 'platform:fees'")
+        tx.execute("UPDATE money_channels SET card_refund_pending_minor = 0")  # the sweep would skip its refund
+    edited = verify_log(market, views)
+    assert edited["problems"] == [
+        f"read model: card_refund_pending_minor of channel {channel_id} is 0, the log says 1999"]
 
     # An event that went around the aggregate's rules (an overdraft) is caught on replay.
     channel = market.channel(channel_id)

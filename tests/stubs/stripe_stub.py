@@ -205,6 +205,7 @@ class StripeStub:
         the money returns to the platform's balance. Returns a copy of the refund."""
         with self._lock:
             refund = self.refunds[refund_id]
+            assert refund["status"] == "succeeded", f"{refund_id} is {refund['status']}"
             refund["status"], refund["failure_reason"] = "failed", reason
             self.payment_intents[refund["payment_intent"]]["amount_refunded"] -= refund["amount"]
             return json.loads(json.dumps(refund))
