@@ -181,8 +181,13 @@ REFUND_UPDATES = ("refund.updated", "charge.refund.updated")  # Stripe sends bot
 
 
 class StripeWebhook:
-    openapi = {"post": op("Stripe webhook (signed with Stripe-Signature; no other auth)", "money",
-                          body={"type": "object"}, responses={"200": open_obj(received={"type": "boolean"})})}
+    openapi = {"post": op(
+        "Stripe webhook (signed with Stripe-Signature; no other auth): payment_intent.succeeded funds a channel "
+        "(or, once it has settled, is returned to the card); refund.failed and failed refund updates are recorded",
+        "money", body={"type": "object"},
+        responses={"200": open_obj(received={"type": "boolean"}, credited={"type": ["boolean", "null"]},
+                                   returned={"type": ["boolean", "null"]},
+                                   refund_failure_recorded={"type": ["boolean", "null"]})})}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = raw_body(req)

@@ -146,6 +146,13 @@ def closed_two_intent_channel(client: Any, stub: Any, runtime: Any) -> tuple[dic
     return buyer, channel_id, {pi_open: 3_000, pi_top_up: 2_000}
 
 
+def paid_late(runtime: Any, stub: Any, channel_id: str, amount_minor: int) -> tuple[str, bytes]:
+    """A top-up intent for the channel, paid now: its id and its signed-webhook body."""
+    intent = runtime.market.payments.create_payment_intent(
+        amount_minor=amount_minor, currency="USD", channel_id=channel_id, idempotency_key=uuid.uuid4().hex)
+    return intent["id"], payment_intent_succeeded_event(stub.succeed_payment_intent(intent["id"]))
+
+
 def refunded_at_stub(stub: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for refund in stub.refunds.values():
@@ -325,12 +332,11 @@ def test_refund_failed_webhook_puts_the_money_back_for_the_buyer(money_client, m
     again = deliver_webhook(money_client, webhook_event("refund.updated", failed))
     assert again.json["refund_failure_recorded"] is False, again.json
     # A later payment on the settled channel is still sent back (its refund is pending again).
-    late = money_runtime.market.payments.create_payment_intent(
-        amount_minor=700, currency="USD", channel_id=channel_id, idempotency_key=uuid.uuid4().hex)
-    deliver_webhook(money_client, payment_intent_succeeded_event(stripe_stub.succeed_payment_intent(late["id"])))
+    late_id, body = paid_late(money_runtime, stripe_stub, channel_id, 700)
+    deliver_webhook(money_client, body)
     catch_up(money_runtime)
     assert sweep_refunds(money_runtime) == [channel_id]
-    assert send_card_refunds(money_runtime, channel_id)[late["id"]] == "sent"
+    assert send_card_refunds(money_runtime, channel_id)[late_id] == "sent"
     catch_up(money_runtime)
     balances = assert_ledger_balanced(money_runtime)
     assert balances[f"buyer:{buyer['id']}:channel:{channel_id}"] == 500  # only the unresolved failed part
@@ -362,9 +368,7 @@ def test_a_top_up_paid_after_the_close_is_refunded_not_lost(money_client, money_
     pi_open, pi_top_up = funded
     assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "sent", pi_open: "sent"}
     # A top-up the buyer started before closing, paid only now: the webhook arrives for a settled channel.
-    late = money_runtime.market.payments.create_payment_intent(
-        amount_minor=700, currency="USD", channel_id=channel_id, idempotency_key=uuid.uuid4().hex)
-    body = payment_intent_succeeded_event(stripe_stub.succeed_payment_intent(late["id"]))
+    late_id, body = paid_late(money_runtime, stripe_stub, channel_id, 700)
     first, again = deliver_webhook(money_client, body), deliver_webhook(money_client, body)
     assert (first.status_code, first.json["credited"], first.json["returned"]) == (200, False, True), first.json
     assert (again.json["credited"], again.json["returned"]) == (False, False)  # Stripe redelivers: once
@@ -373,8 +377,8 @@ def test_a_top_up_paid_after_the_close_is_refunded_not_lost(money_client, money_
 
     catch_up(money_runtime)
     assert sweep_refunds(money_runtime) == [channel_id]
-    assert send_card_refunds(money_runtime, channel_id) == {late["id"]: "sent", pi_top_up: "sent", pi_open: "sent"}
-    assert refunded_at_stub(stripe_stub) == {pi_top_up: 2_000, pi_open: 500, late["id"]: 700}
+    assert send_card_refunds(money_runtime, channel_id) == {late_id: "sent", pi_top_up: "sent", pi_open: "sent"}
+    assert refunded_at_stub(stripe_stub) == {pi_top_up: 2_000, pi_open: 500, late_id: 700}
     catch_up(money_runtime)
     assert sweep_refunds(money_runtime) == []
     balances = assert_ledger_balanced(money_runtime)
