@@ -1,4 +1,8 @@
-"""``create_app(settings)``: the Falcon ASGI app. Called after fork (gunicorn), never at import.
+"""``create_app(runtime)``: the Falcon ASGI app. Called after fork (gunicorn), never at import.
+
+The runtime (built by the composition root, ``ops/bootstrap.py``) carries the composed
+application and the read-model database; each resource receives what it uses when it is
+built (Falcon's app-factory style), and nothing is looked up per request.
 
 Responders written as plain functions (most of them: they call the store, bcrypt, the
 chain) run on the app's thread pool after the body has been read on the loop; a responder
@@ -15,30 +19,54 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import falcon
 import falcon.asgi
 import structlog
 
 from api import errors
-from api.http import read_body, run_sync
+from api.http import Authenticator, read_body, run_sync
 from api.jsonbytes import json_bytes
-from api.logging import configure, request_line
+from api.logging import request_line
 from api.openapi import build_spec
 from api.resources import audit, catalogue, devices, identity, money, system
-from ops.bootstrap import Runtime, build_runtime
-from ops.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from domain.app.debit_batcher import DebitBatcher
+    from domain.app.marketplace import Marketplace
+    from domain.model.ports import SettlementQueue, ViewDB
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-class RequestContext:
-    """Binds the runtime, the thread pool and a request id; writes one canonical log line
-    per request."""
+class ApiSettings(Protocol):
+    """The settings the API reads (``ops.settings.Settings`` satisfies it)."""
 
-    def __init__(self, runtime: Runtime, pool: ThreadPoolExecutor) -> None:
-        self.runtime = runtime
+    hub_name: str
+    hub_url: str
+    store: str
+    web_threads: int
+
+
+class HubRuntime(Protocol):
+    """What the API is built from (``ops.bootstrap.Runtime`` satisfies it)."""
+
+    settings: ApiSettings
+    market: Marketplace
+    views: ViewDB
+    debit_batcher: DebitBatcher
+    enqueue_settlement: SettlementQueue | None
+
+    def close(self) -> None: ...
+
+
+class RequestContext:
+    """Binds the authenticator, the thread pool and a request id; writes one canonical log
+    line per request."""
+
+    def __init__(self, market: Marketplace, pool: ThreadPoolExecutor) -> None:
+        self.authenticator = Authenticator(market)
         self.pool = pool
         # Request ids: a random per-process prefix and a counter, unique across processes
         # and hosts, and cheaper than a uuid4 (a getrandom call) on every request.
@@ -49,7 +77,7 @@ class RequestContext:
         incoming = req.get_header("X-Request-Id") or ""
         req.context.request_id = (incoming if REQUEST_ID_RE.match(incoming)
                                   else f"{self._id_prefix}-{next(self._ids):x}")
-        req.context.runtime = self.runtime
+        req.context.authenticator = self.authenticator
         req.context.pool = self.pool
         req.context.started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
@@ -67,7 +95,7 @@ class RequestContext:
 class HubApp(falcon.asgi.App):
     """The Falcon app, holding the runtime it serves so its owner can close it."""
 
-    runtime: Runtime
+    runtime: HubRuntime
 
 
 class Threaded:
@@ -90,62 +118,62 @@ def _threaded(responder: Callable[..., None]) -> Callable[..., Any]:
     return run
 
 
-def route_table() -> list[tuple[str, object]]:
+def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
+    market, views, settings = runtime.market, runtime.views, runtime.settings
     return [
         ("/healthz", system.Health()),
-        ("/readyz", system.Ready()),
-        ("/.well-known/ai-market.json", system.Discovery()),
-        ("/v1/accounts", identity.Accounts()),
-        ("/v1/sessions", identity.Sessions()),
-        ("/v1/me", identity.Me()),
-        ("/v1/me/totp", identity.Totp()),
-        ("/v1/me/totp/confirm", identity.TotpConfirm()),
-        ("/v1/api-keys", identity.Credentials("api_key")),
-        ("/v1/api-keys/{credential_id}", identity.Credential("api_key")),
-        ("/v1/oauth/clients", identity.Credentials("oauth_client")),
-        ("/v1/oauth/clients/{credential_id}", identity.Credential("oauth_client")),
-        ("/v1/oauth/token", identity.OAuthToken()),
-        ("/v1/devices/challenges", devices.Challenges()),
-        ("/v1/devices", devices.Devices()),
-        ("/v1/devices/me", devices.DeviceSelf()),
-        ("/v1/devices/{device_id}", devices.Device()),
-        ("/v1/devices/{device_id}/keys", devices.DeviceKeys()),
-        ("/v1/audit/events", audit.AuditEvents()),
-        ("/v1/listings", catalogue.Listings()),
-        ("/v1/listings/{listing_id}", catalogue.Listing()),
-        ("/v1/search", catalogue.Search()),
-        ("/v1/categories", catalogue.Categories()),
-        *money_routes(),
+        ("/readyz", system.Ready(market, views, settings.store)),
+        ("/.well-known/ai-market.json", system.Discovery(market, settings.hub_name, settings.hub_url)),
+        ("/v1/accounts", identity.Accounts(market)),
+        ("/v1/sessions", identity.Sessions(market)),
+        ("/v1/me", identity.Me(market)),
+        ("/v1/me/totp", identity.Totp(market)),
+        ("/v1/me/totp/confirm", identity.TotpConfirm(market)),
+        ("/v1/api-keys", identity.Credentials(market, "api_key")),
+        ("/v1/api-keys/{credential_id}", identity.Credential(market, "api_key")),
+        ("/v1/oauth/clients", identity.Credentials(market, "oauth_client")),
+        ("/v1/oauth/clients/{credential_id}", identity.Credential(market, "oauth_client")),
+        ("/v1/oauth/token", identity.OAuthToken(market)),
+        ("/v1/devices/challenges", devices.Challenges(market)),
+        ("/v1/devices", devices.Devices(market, views)),
+        ("/v1/devices/me", devices.DeviceSelf(market)),
+        ("/v1/devices/{device_id}", devices.Device(market)),
+        ("/v1/devices/{device_id}/keys", devices.DeviceKeys(market)),
+        ("/v1/audit/events", audit.AuditEvents(views)),
+        ("/v1/listings", catalogue.Listings(market)),
+        ("/v1/listings/{listing_id}", catalogue.Listing(market, views)),
+        ("/v1/search", catalogue.Search(views)),
+        ("/v1/categories", catalogue.Categories(views)),
+        *money_routes(runtime),
     ]
 
 
-def money_routes() -> list[tuple[str, object]]:
+def money_routes(runtime: HubRuntime) -> list[tuple[str, object]]:
+    market, views = runtime.market, runtime.views
     return [
-        ("/v1/me/wallet", money.Wallet()),
-        ("/v1/channels", money.Channels()),
-        ("/v1/channels/{channel_id}", money.Channel()),
-        ("/v1/channels/{channel_id}/top-ups", money.TopUps()),
-        ("/v1/channels/{channel_id}/debits", money.Debits()),
-        ("/v1/channels/{channel_id}/close", money.Close()),
-        ("/v1/webhooks/stripe", money.StripeWebhook()),
-        ("/v1/balances", money.Balances()),
-        ("/v1/statements", money.Statements()),
-        ("/v1/me/payout-destination", money.PayoutDestination()),
+        ("/v1/me/wallet", money.Wallet(market)),
+        ("/v1/channels", money.Channels(market, views)),
+        ("/v1/channels/{channel_id}", money.Channel(market)),
+        ("/v1/channels/{channel_id}/top-ups", money.TopUps(market)),
+        ("/v1/channels/{channel_id}/debits", money.Debits(runtime.debit_batcher)),
+        ("/v1/channels/{channel_id}/close", money.Close(market, runtime.enqueue_settlement)),
+        ("/v1/webhooks/stripe", money.StripeWebhook(market)),
+        ("/v1/balances", money.Balances(views)),
+        ("/v1/statements", money.Statements(views)),
+        ("/v1/me/payout-destination", money.PayoutDestination(market)),
     ]
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> HubApp:
-    """Build the ASGI app; with no runtime given, build one from settings (env by default)."""
-    settings = settings or (runtime.settings if runtime else load_settings())
-    configure(settings.log_format)
-    runtime = runtime or build_runtime(settings)
+def create_app(runtime: HubRuntime) -> HubApp:
+    """Build the ASGI app over a wired runtime (the entry point reads settings and builds it)."""
+    settings = runtime.settings
     pool = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="api")
-    app = HubApp(middleware=[RequestContext(runtime, pool)])
+    app = HubApp(middleware=[RequestContext(runtime.market, pool)])
     weakref.finalize(app, pool.shutdown, wait=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=json_bytes)
     errors.install(app)
-    table = route_table()
+    table = route_table(runtime)
     spec = build_spec(table, title="aimarket hub", version=system.API_VERSION, server_url=settings.hub_url)
     table.append(("/openapi.json", system.OpenApiDoc(spec)))
     spec["paths"]["/openapi.json"] = build_spec([table[-1]], title="", version="", server_url="")["paths"][

@@ -1,6 +1,6 @@
 """The one place where errors become HTTP: ``application/problem+json`` with a stable code.
 
-Resources raise ``domain.errors.MarketError`` subclasses and never build error responses;
+Resources raise ``domain.model.errors.MarketError`` subclasses and never build error responses;
 Falcon's own errors (unknown route, wrong method, bad media) get codes here too, and any
 unexpected exception becomes a logged 500 ``internal_error`` without leaking internals.
 """
@@ -14,7 +14,7 @@ import falcon.asgi
 import structlog
 
 from api.jsonbytes import json_bytes
-from domain.errors import MarketError
+from domain.model.errors import MarketError
 
 PROBLEM = "application/problem+json"
 log = structlog.get_logger("api")

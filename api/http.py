@@ -19,9 +19,9 @@ import falcon
 import fastjsonschema
 import jsonschema
 
-from domain.base import Meta
-from domain.errors import InvalidInput, MalformedBody, PayloadTooLarge, Unauthenticated
-from domain.principal import Principal
+from domain.model.base import Meta
+from domain.model.errors import InvalidInput, MalformedBody, PayloadTooLarge, Unauthenticated
+from domain.model.principal import Principal
 
 BODY_BYTES_MAX = 1_048_576
 
@@ -130,7 +130,7 @@ def principal(req: falcon.Request, *kinds: str) -> Principal:
     """Authenticate the bearer credential (API key, session/access JWT or device JWT)."""
     cached = getattr(req.context, "principal", None)
     if cached is None:
-        cached = authenticate(req.context.runtime.market, req.get_header("Authorization"))
+        cached = req.context.authenticator.authenticate(req.get_header("Authorization"))
         req.context.principal = cached
     if kinds:
         cached.require_kind(*kinds)
@@ -144,7 +144,7 @@ async def principal_async(req: falcon.Request, *kinds: str) -> Principal:
     header = req.get_header("Authorization") or ""
     who = None
     if header[:7].lower() == "bearer ":
-        who = req.context.runtime.market.cached_session_principal(header[7:].strip())
+        who = req.context.authenticator.cached_session(header[7:].strip())
     if who is None:
         return await run_sync(req, principal, req, *kinds)
     req.context.principal = who
@@ -153,20 +153,30 @@ async def principal_async(req: falcon.Request, *kinds: str) -> Principal:
     return who
 
 
-def authenticate(market: Any, header: str | None) -> Principal:
-    if not header:
-        raise Unauthenticated("send Authorization: Bearer <token or API key>")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("use the Bearer scheme")
-    if token.startswith("aim_"):
-        return market.authenticate_api_key(token)
-    from domain.tokens import peek_header
+class Authenticator:
+    """Turns a bearer credential into a principal (API key, session/access JWT, device JWT)."""
 
-    if peek_header(token).alg == "EdDSA":
-        return market.authenticate_device(token)
-    return market.authenticate_platform_token(token)
+    def __init__(self, market: Any) -> None:
+        self.identity = market.identity
+        self.devices = market.devices
+
+    def cached_session(self, token: str) -> Principal | None:
+        return self.identity.cached_session_principal(token)
+
+    def authenticate(self, header: str | None) -> Principal:
+        if not header:
+            raise Unauthenticated("send Authorization: Bearer <token or API key>")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("use the Bearer scheme")
+        if token.startswith("aim_"):
+            return self.identity.authenticate_api_key(token)
+        from domain.model.tokens import peek_header
+
+        if peek_header(token).alg == "EdDSA":
+            return self.devices.authenticate_device(token)
+        return self.identity.authenticate_platform_token(token)
 
 
 def meta(req: falcon.Request, who: Principal | None = None) -> dict[str, str]:

@@ -1,5 +1,1 @@
-"""The marketplace's pure core: aggregates, events, value types, protocol objects, errors.
-
-Nothing in this package performs I/O or reads the clock; time, ids and randomness come
-in as arguments from the application layer (``domain.application``).
-"""
+"""The marketplace core: the pure model (``domain.model``) and the application (``domain.app``)."""

@@ -1,1 +1,1 @@
-"""The seller node (aim-node): keystore, local services and the P2P delivery endpoint."""
+"""The node agent (aim-node): keystore, enrollment, local profiling and signed publishing."""

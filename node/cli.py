@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from domain.commands.devices import enrollment_message, rotation_message
-from domain.errors import InvalidInput, MarketError
-from domain.keys import SigningKey, b64url
+from domain.model.device import enrollment_message, rotation_message
+from domain.model.errors import InvalidInput, MarketError
+from domain.model.keys import SigningKey, b64url
 from node import keystore as ks
 from node.hub_client import HubClient, device_token
 

@@ -11,9 +11,9 @@ import urllib.request
 import uuid
 from typing import Any
 
-from domain.errors import MarketError
-from domain.keys import SigningKey
-from domain.tokens import encode_device_jwt
+from domain.model.errors import MarketError
+from domain.model.keys import SigningKey
+from domain.model.tokens import encode_device_jwt
 
 
 class HubError(MarketError):

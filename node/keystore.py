@@ -53,9 +53,9 @@ import nacl.pwhash
 import nacl.secret
 from nacl.pwhash import argon2id
 
-from domain.errors import AlreadyExists, InvalidInput, MarketError
-from domain.jcs import canonical_json
-from domain.keys import KxPrivateKey, SigningKey
+from domain.model.errors import AlreadyExists, InvalidInput, MarketError
+from domain.model.jcs import canonical_json
+from domain.model.keys import KxPrivateKey, SigningKey
 
 FORMAT = "aimarket-node-keystore"
 VERSION = 1

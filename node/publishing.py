@@ -1,7 +1,7 @@
 """From a local profile report to a signed listing credential (metadata only).
 
 The report never holds a raw cell value, and this module keeps only what the hub's closed
-schema (``domain.listing_schema``) allows: titles, tags, column names and types, masked
+schema (``domain.model.listing_schema``) allows: titles, tags, column names and types, masked
 shapes, counts and shares, PII *kinds*, quality scores, the content hash and size. Column
 ``min``/``max`` are dropped (they are real values), as is anything the schema does not name.
 """
@@ -13,9 +13,9 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.keys import SigningKey
-from domain.listing_schema import EXAMPLE_FORMAT, PII_KINDS, unsigned_credential
-from domain.vc import sign_credential, xsd_datetime
+from domain.model.keys import SigningKey
+from domain.model.listing_schema import EXAMPLE_FORMAT, PII_KINDS, unsigned_credential
+from domain.model.vc import sign_credential, xsd_datetime
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _MASKED = re.compile(EXAMPLE_FORMAT["pattern"])

@@ -1,7 +1,10 @@
 """The composition root: settings in, a wired runtime out. Nothing here runs at import.
 
-Gunicorn calls ``api.app.create_app`` in each worker *after* fork, which calls
-``build_runtime``, so every process opens its own connection pools.
+The only module that knows every adapter: it builds the event store, the read-model
+database, the nonce store, the chain, the card gateway, debit routing and the settlement
+queue, and hands them to the application's constructor. Only entry points import it
+(``ops/cli.py``, ``ops/serve.py``'s worker hook, benches); gunicorn builds the runtime in
+each worker *after* fork, so every process opens its own connection pools.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from domain.application import Marketplace, utcnow
-from domain.secrets import PlatformSecrets
-from ops.nonces import DbNonceStore
+from domain.app.debit_batcher import DebitBatcher
+from domain.app.marketplace import Marketplace, utcnow
+from domain.app.money import MoneyConfig
+from domain.model.ports import SettleChain, SettlementQueue
+from domain.model.secrets import PlatformSecrets
+from ops.adapters.evm.lazy import LazyChain
+from ops.adapters.locks import FileRunnerLock, PgRunnerLock
+from ops.adapters.nonces import DbNonceStore
+from ops.adapters.sql import PostgresViewDB, SQLiteViewDB, ViewDB
 from ops.settings import Settings, SettingsError
-from projections.db import PostgresViewDB, SQLiteViewDB, ViewDB
 from projections.registry import all_projections
-from projections.runner import FileRunnerLock, PgRunnerLock, ProjectionRunner, RunnerGroup
+from projections.runner import ProjectionRunner, RunnerGroup
 
 
 @dataclass
@@ -33,9 +41,16 @@ class Runtime:
     market: Marketplace
     views: ViewDB
     nonces: DbNonceStore
+    chain: LazyChain
+    debit_batcher: DebitBatcher | None = None  # always set by build_runtime
+    enqueue_settlement: SettlementQueue | None = None  # with Redis: the API's close queues settlement
     runner_group: RunnerGroup | None = field(default=None)
-    debit_batcher: Any = field(default=None)  # set by workers.money_adapters.wire_money
-    enqueue_settlement: Callable[[str], None] | None = field(default=None)  # with Redis: the API's close
+
+    def settle_chain(self) -> SettleChain:
+        """The operator's settle client on this hub's chain (built on first use)."""
+        from ops.adapters.evm.settle_txs import SettleClient
+
+        return SettleClient(self.chain())
 
     def runners(self) -> list[ProjectionRunner]:
         return [make_runner(self, p) for p in all_projections()]
@@ -91,7 +106,7 @@ def event_store_env(settings: Settings) -> dict[str, str]:
                 "SQLITE_DBNAME": str(settings.data_dir / "events.sqlite"), "SQLITE_LOCK_TIMEOUT": "30"}
     p = settings.pg_parts()
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres", "APPLICATION_RECORDER_TOPIC": "ops.pg_recorder:ArrayInsertRecorder",
+        "PERSISTENCE_MODULE": "eventsourcing.postgres", "APPLICATION_RECORDER_TOPIC": "domain.app.eventsourcing_ext:ArrayInsertRecorder",
         "POSTGRES_DBNAME": p["dbname"],
         "POSTGRES_HOST": p["host"], "POSTGRES_PORT": p["port"], "POSTGRES_USER": p["user"],
         "POSTGRES_PASSWORD": p["password"], "POSTGRES_SCHEMA": settings.db_schema,
@@ -100,6 +115,7 @@ def event_store_env(settings: Settings) -> dict[str, str]:
 
 
 SCHEMA_LOCK_KEY = 7_346_112_000
+BATCH_MAX = 512  # debits per group commit at most
 
 
 @contextmanager
@@ -137,20 +153,70 @@ def build_views(settings: Settings) -> ViewDB:
 
 
 def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> Runtime:
+    """Every adapter built from settings and handed to the application's constructor."""
     with schema_lock(settings):
         views = build_views(settings)
         nonces = DbNonceStore(views, clock_s=lambda: int(clock().timestamp()))
+        chain = LazyChain(settings)
         market = Marketplace(
             event_store_env(settings), secrets=PlatformSecrets(platform_secret(settings)), hub_url=settings.hub_url,
             nonces=nonces, clock=clock, bcrypt_rounds=settings.bcrypt_rounds, session_ttl_s=settings.session_ttl_s,
+            money_config=money_config(settings), chain=chain, cards=card_gateway(settings),
         )
-        runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces)
-        from workers.money_adapters import wire_money  # money adapters: lazy, nothing connects here
-
-        wire_money(runtime)
+        runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces, chain=chain,
+                          debit_batcher=build_debit_batcher(settings, market),
+                          enqueue_settlement=settlement_queue(settings))
         for runner in runtime.runners():
             runner.setup()  # read models exist (empty) before the first request reads them
     return runtime
+
+
+def money_config(settings: Settings) -> MoneyConfig:
+    s = settings
+    return MoneyConfig(fee_bps=s.fee_bps, unsigned_allowance_minor=s.unsigned_allowance_minor,
+                       card_channel_ttl_s=s.card_channel_ttl_s, settle_margin_s=s.settle_margin_s,
+                       token_currency=s.token_currency)
+
+
+def card_gateway(settings: Settings) -> Any:
+    """Stripe when a key is configured; otherwise the card rail is off (payouts stay pending)."""
+    if not settings.stripe_api_key:
+        return None
+    from ops.adapters.stripe.stripe_gateway import StripeGateway
+
+    return StripeGateway(settings.stripe_api_key, settings.stripe_webhook_secret,
+                         api_base=settings.stripe_api_base or None)
+
+
+def build_debit_batcher(settings: Settings, market: Marketplace) -> DebitBatcher:
+    """Every debit goes through the batcher: on PostgreSQL saved through an asyncio
+    connection and, with Redis, each channel routed to one owning process. The window
+    (``AIMARKET_DEBIT_BATCH_MS``) is the one setting between group commit and one commit per
+    debit: 0 commits each debit alone, on the same path (the benchmark's baseline)."""
+    s = settings
+    router = None
+    if s.redis_url and not s.embedded:
+        from ops.adapters.redis_routing import RedisDebitRouter
+
+        # Joins the members on the first debit this process takes (see DebitBatcher).
+        router = RedisDebitRouter(s.redis_url, namespace=f"aimarket:{s.pg_parts()['dbname']}:{s.db_schema}")
+    saver = None
+    if not s.embedded:
+        from ops.adapters.postgres_async import AsyncPgSaver
+
+        saver = AsyncPgSaver(market, s.pg_conninfo())  # connects on the first batch
+    window_s = max(s.debit_batch_ms, 0) / 1000
+    return DebitBatcher(market, window_s=window_s, batch_max=BATCH_MAX if window_s > 0 else 1, router=router,
+                        saver=saver)
+
+
+def settlement_queue(settings: Settings) -> SettlementQueue | None:
+    """With Redis, the API's close queues ``settle_channel`` at once (the sweep is the net)."""
+    if not (settings.redis_url and not settings.embedded):
+        return None
+    from ops.adapters.broker import settlement_sender
+
+    return settlement_sender(settings.redis_url)
 
 
 def make_runner(runtime: Runtime, projection: object) -> ProjectionRunner:

@@ -10,8 +10,8 @@ import threading
 from typing import Any
 
 from api.logging import configure
-from domain.base import Meta
-from domain.errors import MarketError
+from domain.model.base import Meta
+from domain.model.errors import MarketError
 from ops.settings import SettingsError, load_settings
 
 EPILOG = """
@@ -43,7 +43,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     the cron loop, until SIGTERM."""
     from dramatiq import Worker
 
-    from workers.broker import build_broker
+    from ops.adapters.broker import build_broker
     from workers.cron import Cron
     from workers.jobs import Jobs, schedules
 
@@ -95,7 +95,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 def cmd_grant_role(args: argparse.Namespace) -> int:
     runtime = _runtime()
     try:
-        account = runtime.market.grant_role(Meta("operator:cli", "cli").as_dict(), args.email, args.role)
+        account = runtime.market.identity.grant_role(Meta("operator:cli", "cli").as_dict(), args.email, args.role)
     finally:
         runtime.close()
     print(json.dumps(account))
@@ -115,12 +115,24 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 def cmd_resolve_refund(args: argparse.Namespace) -> int:
     runtime = _runtime()
     try:
-        channel = runtime.market.resolve_card_refund(Meta("operator:cli", "cli").as_dict(), args.channel_id,
+        channel = runtime.market.refunds.resolve_card_refund(Meta("operator:cli", "cli").as_dict(), args.channel_id,
                                                      args.payment_intent_id, args.reference)
     finally:
         runtime.close()
     print(json.dumps(channel))
     return 0
+
+
+def cmd_settle(args: argparse.Namespace) -> int:
+    from workers.settlement import settle_channel
+
+    runtime = _runtime()
+    try:
+        status = settle_channel(runtime, args.channel_id)
+        print(json.dumps(runtime.market.settlement.settlement(args.channel_id).to_public()))
+    finally:
+        runtime.close()
+    return 0 if status == "confirmed" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument("payment_intent_id")
     resolve.add_argument("--reference", required=True, help="what you did, for the audit log (1-200 characters)")
     resolve.set_defaults(func=cmd_resolve_refund)
+    settle = admin.add_parser("settle", help="settle one closing chain channel now, in this process")
+    settle.add_argument("channel_id")
+    settle.set_defaults(func=cmd_settle)
     return parser
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from domain import ledger
-from domain.channel import Channel
-from domain.ledger import ChannelRef, LedgerInvariantViolated, Posting
-from domain.payout import SellerPayouts
+from domain.model import ledger
+from domain.model.channel import Channel
+from domain.model.ledger import ChannelRef, LedgerInvariantViolated, Posting
+from domain.model.payout import SellerPayouts
 
 
 class LedgerAudit:

@@ -38,8 +38,11 @@ class HubServer(BaseApplication):
 
     def load(self) -> Any:
         from api.app import create_app
+        from api.logging import configure
+        from ops.bootstrap import build_runtime
 
-        app = create_app(self.settings)
+        configure(self.settings.log_format)
+        app = create_app(build_runtime(self.settings))
         if self.settings.run_projections_in_web:
             # Embedded default: every worker offers to run the projections; a file lock makes
             # exactly one of them active, and another takes over if that worker dies.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.model.ports import Tx
 from projections.base import Projection
-from projections.db import Tx
 
 
 class AuditLog(Projection):

@@ -1,6 +1,6 @@
 """Balances: the double-entry ledger as a read model (postings, balances, channels, earnings).
 
-Every money event becomes postings by the pure rules in ``domain.ledger``; each posting is
+Every money event becomes postings by the pure rules in ``domain.model.ledger``; each posting is
 stored and added to its account's balance in the runner's transaction (exactly-once), so
 ``SUM(balance_minor)`` per currency is zero at every tracked position.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import singledispatchmethod
 from typing import Any
 
-from domain import ledger
-from domain.channel import Channel
-from domain.ledger import ChannelRef, Posting
-from domain.payout import SellerPayouts
+from domain.model import ledger
+from domain.model.channel import Channel
+from domain.model.ledger import ChannelRef, Posting
+from domain.model.payout import SellerPayouts
+from domain.model.ports import Tx
 from projections.base import Projection
-from projections.db import Tx
 
 
 class Balances(Projection):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from eventsourcing.utils import get_topic
 
-from projections.db import Tx
+from domain.model.ports import Tx
 
 TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS projection_tracking ("

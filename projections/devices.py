@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import singledispatchmethod
 from typing import Any
 
-from domain.device import Device
+from domain.model.device import Device
+from domain.model.ports import Tx
 from projections.base import Projection
-from projections.db import Tx
 
 
 class Devices(Projection):

@@ -17,7 +17,8 @@ from freezegun.api import FakeDatetime
 from psycopg import sql
 
 from api.app import create_app
-from domain.application import Marketplace
+from api.logging import configure
+from domain.app.marketplace import Marketplace
 from ops.bootstrap import Runtime, build_runtime
 from ops.settings import Settings
 from tests.stubs import stripe_stub_fixture  # noqa: F401  (fixture named stripe_stub)
@@ -38,6 +39,7 @@ def _register_with_freezegun(self: Marketplace, transcoder: JSONTranscoder) -> N
 
 
 Marketplace.register_transcodings = _register_with_freezegun  # type: ignore[method-assign]
+configure("json")  # as every entry point does: log lines go to stderr, never stdout
 
 PG_URL = os.environ.get("AIMARKET_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("AIMARKET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -10,9 +10,9 @@ from typing import Any
 from falcon import testing
 from falcon.util import async_to_sync
 
-from domain.commands.devices import enrollment_message, rotation_message
-from domain.keys import KxPrivateKey, SigningKey, b64url
-from domain.tokens import encode_device_jwt
+from domain.model.device import enrollment_message, rotation_message
+from domain.model.keys import KxPrivateKey, SigningKey, b64url
+from domain.model.tokens import encode_device_jwt
 
 PASSWORD = "correct horse battery"
 

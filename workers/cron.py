@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from domain.model.ports import ViewDB
 from projections.base import lock_ddl
-from projections.db import ViewDB
 
 log = structlog.get_logger("cron")
 DDL = "CREATE TABLE IF NOT EXISTS cron_schedule (name TEXT PRIMARY KEY, next_run_s BIGINT NOT NULL)"

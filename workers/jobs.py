@@ -1,16 +1,22 @@
 """Background jobs. Messages carry ids only; actors call application commands and are
-idempotent, so a redelivered message changes nothing (Dramatiq delivers at least once)."""
+idempotent, so a redelivered message changes nothing (Dramatiq delivers at least once).
+
+``Jobs(broker, runtime_factory)`` registers every actor on an explicit broker (nothing is
+registered at import), with the runtime handed in by ``RuntimeMiddleware`` and the one retry
+rule of ``workers.runtime``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dramatiq
 import structlog
 
-if TYPE_CHECKING:
-    from workers.cron import Schedule
+from workers import payouts, refunds, settlement
+from workers.cron import Schedule
+from workers.runtime import RuntimeMiddleware, WorkerRuntime, retry_rule
 
 log = structlog.get_logger("workers")
 NONCE_SWEEP_EVERY_S = 600
@@ -22,38 +28,44 @@ REFUND_SWEEP_EVERY_S = 600
 
 
 class Jobs:
-    """Actors bound to one broker and one runtime (built once per worker process)."""
+    """Every actor, bound to one broker; their runtime comes from the worker-boot middleware."""
 
-    def __init__(self, broker: dramatiq.Broker, runtime_factory: Callable[[], Any]) -> None:
-        self._runtime_factory = runtime_factory
-        self._runtime: Any = None
-        self.sweep_nonces = dramatiq.actor(self._sweep_nonces, broker=broker, actor_name="sweep_nonces",
-                                           queue_name="maintenance", max_retries=3)
-        # Money actors share this process's runtime (built once, lazily).
-        from workers.payouts import PayoutJobs
-        from workers.refunds import RefundJobs
-        from workers.settlement import SettlementJobs
+    def __init__(self, broker: dramatiq.Broker, runtime_factory: Callable[[], WorkerRuntime]) -> None:
+        self.middleware = RuntimeMiddleware(runtime_factory)
+        broker.add_middleware(self.middleware)
 
-        self.payouts = PayoutJobs(broker, lambda: self.runtime)
-        self.refunds = RefundJobs(broker, lambda: self.runtime)
-        self.settlements = SettlementJobs(broker, lambda: self.runtime)
+        def actor(fn: Callable[..., Any], name: str, queue: str, max_retries: int, **backoff: int) -> Any:
+            return dramatiq.actor(fn, broker=broker, actor_name=name, queue_name=queue,
+                                  retry_when=retry_rule(max_retries), **backoff)
 
-    @property
-    def runtime(self) -> Any:
-        if self._runtime is None:
-            self._runtime = self._runtime_factory()
-        return self._runtime
+        rt = lambda: self.middleware.runtime  # noqa: E731 - read at call time, after boot
+        self.sweep_nonces = actor(lambda: _sweep_nonces(rt()), "sweep_nonces", "maintenance", 3)
+        self.send_payout = actor(lambda seller, currency, payout_id: payouts.send_payout(rt(), seller, currency,
+                                                                                          payout_id),
+                                 "send_payout", "payouts", 8, min_backoff=500, max_backoff=60_000)
+        self.sweep_payouts = actor(lambda: payouts.sweep_payouts(rt(), self.send_payout.send), "sweep_payouts",
+                                   "payouts", 3)
+        self.send_card_refunds = actor(lambda channel_id: refunds.send_card_refunds(rt(), channel_id),
+                                       "send_card_refunds", "payouts", 8, min_backoff=500, max_backoff=60_000)
+        self.sweep_refunds = actor(lambda: refunds.sweep_refunds(rt(), self.send_card_refunds.send), "sweep_refunds",
+                                   "payouts", 3)
+        # Unavailable (RPC down, not mined yet) is retried and the next run resumes from the
+        # recorded Submitted; anything else the run recorded.
+        self.settle_channel = actor(lambda channel_id: settlement.settle_channel(rt(), channel_id),
+                                    settlement.SETTLE_ACTOR, settlement.SETTLE_QUEUE, 20, min_backoff=1_000,
+                                    max_backoff=300_000)
+        self.sweep_settlements = actor(lambda: settlement.sweep_settlements(rt(), self.settle_channel.send),
+                                       "sweep_settlements", settlement.SETTLE_QUEUE, 3)
 
-    def _sweep_nonces(self) -> None:
-        """Cron: forget single-use values whose time-to-live has passed."""
-        log.info("job.sweep_nonces", removed=self.runtime.nonces.sweep())
+
+def _sweep_nonces(runtime: WorkerRuntime) -> None:
+    """Cron: forget single-use values whose time-to-live has passed."""
+    log.info("job.sweep_nonces", removed=runtime.nonces.sweep())
 
 
 def schedules(jobs: Jobs) -> list[Schedule]:
     """What the cron loop enqueues, and how often."""
-    from workers.cron import Schedule
-
     return [Schedule("sweep_nonces", NONCE_SWEEP_EVERY_S, jobs.sweep_nonces.send),
-            Schedule("sweep_settlements", SETTLEMENT_SWEEP_EVERY_S, jobs.settlements.sweep_settlements.send),
-            Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.payouts.sweep_payouts.send),
-            Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.refunds.sweep_refunds.send)]
+            Schedule("sweep_settlements", SETTLEMENT_SWEEP_EVERY_S, jobs.sweep_settlements.send),
+            Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.sweep_payouts.send),
+            Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.sweep_refunds.send)]

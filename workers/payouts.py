@@ -12,22 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import dramatiq
 import structlog
 
-from domain.base import Meta
+from domain.model.base import Meta
 from projections.balances import earned_card_minor
+from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("workers.payouts")
 
 
-def sweep_payouts(runtime: Any, enqueue: Callable[[str, str, str], Any] | None = None) -> list[str]:
+def sweep_payouts(runtime: WorkerRuntime, enqueue: Callable[[str, str, str], Any] | None = None) -> list[str]:
     """Request payouts for everything owed; returns the new payout ids."""
     market = runtime.market
     meta = Meta.system("payout-sweep").as_dict()
     created: list[str] = []
     for row in earned_card_minor(runtime.views):
-        payout_id = market.request_payout(meta, row["seller_account_id"], row["currency"],
+        payout_id = market.payouts.request_payout(meta, row["seller_account_id"], row["currency"],
                                           earned_minor=int(row["earned_minor"]))
         if payout_id is not None:
             created.append(payout_id)
@@ -36,29 +36,6 @@ def sweep_payouts(runtime: Any, enqueue: Callable[[str, str, str], Any] | None =
     return created
 
 
-def send_payout(runtime: Any, seller_account_id: str, currency: str, payout_id: str) -> str:
+def send_payout(runtime: WorkerRuntime, seller_account_id: str, currency: str, payout_id: str) -> str:
     meta = Meta.system(f"payout:{payout_id}", payout_id).as_dict()
-    return runtime.market.send_payout(meta, seller_account_id, currency, payout_id)
-
-
-class PayoutJobs:
-    """The payout actors on one broker (nothing is registered at import)."""
-
-    def __init__(self, broker: dramatiq.Broker, runtime_factory: Callable[[], Any]) -> None:
-        from workers.payments.errors import PaymentProviderRejected
-
-        self._runtime_factory = runtime_factory
-        self._runtime: Any = None
-        self.send_payout = dramatiq.actor(
-            lambda seller, currency, payout_id: send_payout(self.runtime, seller, currency, payout_id),
-            broker=broker, actor_name="send_payout", queue_name="payouts", max_retries=8, min_backoff=500,
-            max_backoff=60_000, throws=(PaymentProviderRejected,))
-        self.sweep_payouts = dramatiq.actor(
-            lambda: sweep_payouts(self.runtime, self.send_payout.send), broker=broker, actor_name="sweep_payouts",
-            queue_name="payouts", max_retries=3)
-
-    @property
-    def runtime(self) -> Any:
-        if self._runtime is None:
-            self._runtime = self._runtime_factory()
-        return self._runtime
+    return runtime.market.payouts.send_payout(meta, seller_account_id, currency, payout_id)

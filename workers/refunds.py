@@ -14,18 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import dramatiq
 import structlog
 
-from domain.base import Meta
+from domain.model.base import Meta
 from projections.balances import card_refunds_due
+from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("workers.refunds")
 
 
-def sweep_refunds(runtime: Any, enqueue: Callable[[str], Any] | None = None) -> list[str]:
+def sweep_refunds(runtime: WorkerRuntime, enqueue: Callable[[str], Any] | None = None) -> list[str]:
     """Enqueue the channels with card refunds to send; returns their ids."""
-    if runtime.market.payments is None:
+    if runtime.market.money.cards is None:
         log.info("job.sweep_refunds", enqueued=0, reason="card rail not configured")
         return []  # no Stripe key: refunds stay pending until there is one
     due = [row["channel_id"] for row in card_refunds_due(runtime.views)]
@@ -35,33 +35,8 @@ def sweep_refunds(runtime: Any, enqueue: Callable[[str], Any] | None = None) -> 
     return due
 
 
-def send_card_refunds(runtime: Any, channel_id: str) -> dict[str, str]:
+def send_card_refunds(runtime: WorkerRuntime, channel_id: str) -> dict[str, str]:
     meta = Meta.system(f"refund:{channel_id}", channel_id).as_dict()
-    statuses = runtime.market.send_card_refunds(meta, channel_id)
+    statuses = runtime.market.refunds.send_card_refunds(meta, channel_id)
     log.info("job.send_card_refunds", channel_id=channel_id, statuses=statuses)
     return statuses
-
-
-class RefundJobs:
-    """The refund actors on one broker (nothing is registered at import)."""
-
-    def __init__(self, broker: dramatiq.Broker, runtime_factory: Callable[[], Any]) -> None:
-        from domain.errors import InvalidState
-        from workers.payments.errors import PaymentProviderRejected
-
-        self._runtime_factory = runtime_factory
-        self._runtime: Any = None
-        # InvalidState (not a card channel, a refund an operator must make) never heals by retrying.
-        self.send_card_refunds = dramatiq.actor(
-            lambda channel_id: send_card_refunds(self.runtime, channel_id),
-            broker=broker, actor_name="send_card_refunds", queue_name="payouts", max_retries=8, min_backoff=500,
-            max_backoff=60_000, throws=(PaymentProviderRejected, InvalidState))
-        self.sweep_refunds = dramatiq.actor(
-            lambda: sweep_refunds(self.runtime, self.send_card_refunds.send), broker=broker,
-            actor_name="sweep_refunds", queue_name="payouts", max_retries=3)
-
-    @property
-    def runtime(self) -> Any:
-        if self._runtime is None:
-            self._runtime = self._runtime_factory()
-        return self._runtime

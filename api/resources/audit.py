@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import falcon
 
 from api.http import principal, query_int
 from api.openapi import op, open_obj, query_param
 from projections.audit_log import list_events
+
+if TYPE_CHECKING:
+    from domain.model.ports import ViewDB
 
 
 class AuditEvents:
@@ -17,10 +22,13 @@ class AuditEvents:
                                  query_param("originator_id", {"type": "string", "maxLength": 100})],
                          responses={"200": open_obj(items={"type": "array"}, next_after={"type": "integer"})})}
 
+    def __init__(self, views: ViewDB) -> None:
+        self.views = views
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         principal(req).require_role("auditor", "admin")
         after = query_int(req, "after", 0, 0, 2**62)
-        items = list_events(req.context.runtime.views, after=after, limit=query_int(req, "limit", 100, 1, 1000),
+        items = list_events(self.views, after=after, limit=query_int(req, "limit", 100, 1, 1000),
                             correlation_id=req.get_param("correlation_id"),
                             originator_id=req.get_param("originator_id"))
         resp.media = {"items": items, "next_after": items[-1]["position"] if items else after}

@@ -1,22 +1,26 @@
 """The catalogue: device-signed listing credentials in, hybrid search and listing detail out.
 
 Publishing, updating and delisting need a device token *and* a credential signed by that
-same device (``domain.commands.catalogue``). Search, categories and listing detail answer
+same device (``domain.app.catalogue``). Search, categories and listing detail answer
 anonymous callers too: agents browse before they have an account.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
 from api.http import meta, principal, read_json
 from api.openapi import op, open_obj, query_param
-from domain.errors import InvalidInput, NotFound
-from domain.ids import parse_uuid
-from domain.listing_schema import DELIST_CREDENTIAL, PUBLISH_CREDENTIAL, UPDATE_CREDENTIAL
+from domain.model.errors import InvalidInput, NotFound
+from domain.model.ids import parse_uuid
+from domain.model.listing_schema import DELIST_CREDENTIAL, PUBLISH_CREDENTIAL, UPDATE_CREDENTIAL
 from projections.search.query import LIMIT_MAX, Q_CHARS_MAX, category_counts, listing_detail, search
+
+if TYPE_CHECKING:
+    from domain.app.marketplace import Marketplace
+    from domain.model.ports import ViewDB
 
 LISTING = open_obj(id={"type": "string"}, status={"type": "string"}, title={"type": "string"},
                    kind={"type": "string"}, price_minor={"type": "integer"}, currency={"type": "string"},
@@ -50,10 +54,13 @@ class Listings:
     openapi = {"post": op("Publish a listing: a ListingCredential (eddsa-jcs-2022) signed by this device",
                           "catalogue", auth="device", body=PUBLISH_CREDENTIAL, responses={"201": LISTING})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "device")
         body = read_json(req, PUBLISH_CREDENTIAL)
-        resp.media = req.context.runtime.market.publish_listing(meta(req, who), who, body)
+        resp.media = self.market.catalogue.publish_listing(meta(req, who), who, body)
         resp.status = falcon.HTTP_201
 
 
@@ -67,8 +74,12 @@ class Listing:
                      body=DELIST_CREDENTIAL, responses={"200": LISTING}),
     }
 
+    def __init__(self, market: Marketplace, views: ViewDB) -> None:
+        self.market = market
+        self.views = views
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, listing_id: str) -> None:
-        detail = listing_detail(req.context.runtime.views, str(parse_uuid(listing_id, param="listing_id")))
+        detail = listing_detail(self.views, str(parse_uuid(listing_id, param="listing_id")))
         if detail is None:
             raise NotFound("listing not found")
         resp.media = detail
@@ -76,12 +87,12 @@ class Listing:
     def on_put(self, req: falcon.Request, resp: falcon.Response, listing_id: str) -> None:
         who = principal(req, "device")
         body = read_json(req, UPDATE_CREDENTIAL)
-        resp.media = req.context.runtime.market.update_listing(meta(req, who), who, listing_id, body)
+        resp.media = self.market.catalogue.update_listing(meta(req, who), who, listing_id, body)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, listing_id: str) -> None:
         who = principal(req, "device")
         body = read_json(req, DELIST_CREDENTIAL)
-        resp.media = req.context.runtime.market.delist_listing(meta(req, who), who, listing_id, body)
+        resp.media = self.market.catalogue.delist_listing(meta(req, who), who, listing_id, body)
 
 
 def _query_params(req: falcon.Request) -> dict[str, Any]:
@@ -108,11 +119,14 @@ class Search:
                    body=SEARCH_BODY, responses={"200": RESULTS}),
     }
 
+    def __init__(self, views: ViewDB) -> None:
+        self.views = views
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = search(req.context.runtime.views, _query_params(req))
+        resp.media = search(self.views, _query_params(req))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = search(req.context.runtime.views, read_json(req, SEARCH_BODY))
+        resp.media = search(self.views, read_json(req, SEARCH_BODY))
 
 
 class Categories:
@@ -120,5 +134,8 @@ class Categories:
                          params=[query_param("kind", SEARCH_FIELDS["kind"])],
                          responses={"200": open_obj(items={"type": "array"})})}
 
+    def __init__(self, views: ViewDB) -> None:
+        self.views = views
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"items": category_counts(req.context.runtime.views, req.get_param("kind"))}
+        resp.media = {"items": category_counts(self.views, req.get_param("kind"))}

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import falcon
 
 from api.http import meta, principal, raw_body, read_json
 from api.openapi import obj, op, open_obj
-from domain.account import SELF_SERVICE_ROLES
-from domain.commands.identity import EMAIL_RE
-from domain.errors import InvalidCredentials, InvalidInput, MalformedBody
+from domain.app.identity import EMAIL_RE
+from domain.model.account import SELF_SERVICE_ROLES
+from domain.model.errors import InvalidCredentials, InvalidInput, MalformedBody
+
+if TYPE_CHECKING:
+    from domain.app.marketplace import Marketplace
 
 EMAIL = {"type": "string", "minLength": 3, "maxLength": 320, "pattern": EMAIL_RE.pattern}
 PASSWORD = {"type": "string", "minLength": 10, "maxLength": 256}
@@ -36,10 +40,13 @@ class Accounts:
     openapi = {"post": op("Register an account (roles: buyer, seller)", "identity", body=REGISTER,
                           responses={"201": ACCOUNT})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, REGISTER)
-        market = req.context.runtime.market
-        resp.media = market.register(meta(req), body["email"], body["password"], body.get("roles", ["buyer"]))
+        market = self.market
+        resp.media = market.identity.register(meta(req), body["email"], body["password"], body.get("roles", ["buyer"]))
         resp.status = falcon.HTTP_201
 
 
@@ -47,9 +54,12 @@ class Sessions:
     openapi = {"post": op("Log in: a session token (HS256 JWT); send totp_code when 2FA is on", "identity",
                           body=LOGIN, responses={"201": TOKEN})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, LOGIN)
-        resp.media = req.context.runtime.market.login(body["email"], body["password"], body.get("totp_code"))
+        resp.media = self.market.identity.login(body["email"], body["password"], body.get("totp_code"))
         resp.status = falcon.HTTP_201
 
 
@@ -58,9 +68,12 @@ class Me:
                          auth="any", responses={"200": open_obj(account=ACCOUNT, credential={"type": "string"},
                                                                 device_id={"type": "string"})})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req)
-        account = req.context.runtime.market.account(who.account_id)
+        account = self.market.identity.account(who.account_id)
         resp.media = {"account": account.to_public(), "credential": who.kind, "device_id": who.device_id}
 
 
@@ -68,9 +81,12 @@ class Totp:
     openapi = {"post": op("Start two-factor set-up: returns the TOTP secret once", "identity", auth="account",
                           responses={"201": open_obj(secret={"type": "string"}, otpauth_uri={"type": "string"})})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "session")
-        resp.media = req.context.runtime.market.begin_totp(meta(req, who), who.account_id)
+        resp.media = self.market.identity.begin_totp(meta(req, who), who.account_id)
         resp.status = falcon.HTTP_201
 
 
@@ -78,16 +94,20 @@ class TotpConfirm:
     openapi = {"post": op("Confirm two-factor with a current code; from now on login needs a code",
                           "identity", auth="account", body=TOTP_CONFIRM, responses={"200": ACCOUNT})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "session")
         body = read_json(req, TOTP_CONFIRM)
-        resp.media = req.context.runtime.market.confirm_totp(meta(req, who), who.account_id, body["code"])
+        resp.media = self.market.identity.confirm_totp(meta(req, who), who.account_id, body["code"])
 
 
 class Credentials:
     """API keys (``/v1/api-keys``) and OAuth clients (``/v1/oauth/clients``): one mechanism."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, market: Marketplace, kind: str) -> None:
+        self.market = market
         self.kind = kind
         noun = "API key" if kind == "api_key" else "OAuth client (client-credentials grant)"
         self.openapi = {
@@ -100,24 +120,25 @@ class Credentials:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "session", "api_key")
         body = read_json(req, NEW_CREDENTIAL)
-        resp.media = req.context.runtime.market.issue_credential(
+        resp.media = self.market.identity.issue_credential(
             meta(req, who), who.account_id, kind=self.kind, name=body["name"], scopes=body.get("scopes"))
         resp.status = falcon.HTTP_201
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "session", "api_key")
-        resp.media = {"items": req.context.runtime.market.list_credentials(who.account_id, self.kind)}
+        resp.media = {"items": self.market.identity.list_credentials(who.account_id, self.kind)}
 
 
 class Credential:
-    def __init__(self, kind: str) -> None:
+    def __init__(self, market: Marketplace, kind: str) -> None:
+        self.market = market
         self.kind = kind
         self.openapi = {"delete": op("Revoke it; it stops working at once", "identity", auth="account",
                                      responses={"204": None})}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, credential_id: str) -> None:
         who = principal(req, "session", "api_key")
-        req.context.runtime.market.revoke_credential(meta(req, who), who.account_id, credential_id, self.kind)
+        self.market.identity.revoke_credential(meta(req, who), who.account_id, credential_id, self.kind)
         resp.status = falcon.HTTP_204
 
 
@@ -132,6 +153,9 @@ class OAuthToken:
     openapi = {"post": op("OAuth2 token endpoint (grant_type=client_credentials)", "identity",
                           body=TOKEN_FORM, body_media="application/x-www-form-urlencoded",
                           responses={"200": TOKEN})}
+
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = raw_body(req, 16_384)
@@ -150,5 +174,5 @@ class OAuthToken:
                 raise InvalidCredentials("malformed Basic credentials") from None
         if not client_id or not client_secret:
             raise InvalidCredentials("client_id and client_secret are required")
-        resp.media = req.context.runtime.market.client_credentials_token(client_id, client_secret)
+        resp.media = self.market.identity.client_credentials_token(client_id, client_secret)
         resp.cache_control = ["no-store"]

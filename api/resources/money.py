@@ -3,16 +3,21 @@ balances and seller statements."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 import structlog
 
-from api.http import meta, principal, principal_async, raw_body, read_body, read_json, run_sync
+from api.http import meta, principal, principal_async, raw_body, read_body, read_json
 from api.openapi import obj, op, open_obj
-from domain.channel import FAILED_REFUND_STATUSES
-from domain.errors import InvalidInput
+from domain.model.channel import FAILED_REFUND_STATUSES
+from domain.model.errors import InvalidInput
 from projections.balances import balances_of, channels_of
+
+if TYPE_CHECKING:
+    from domain.app.debit_batcher import DebitBatcher
+    from domain.app.marketplace import Marketplace
+    from domain.model.ports import SettlementQueue, ViewDB
 
 AMOUNT = {"type": "integer", "minimum": 1, "maximum": 10**15}
 TX_HASH = {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{64}$"}
@@ -66,20 +71,23 @@ class Wallet:
                   responses={"200": open_obj(address={"type": ["string", "null"]}, message={"type": "string"})}),
     }
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "api_key", "session")
         body = read_json(req, WALLET)
-        resp.media = req.context.runtime.market.bind_wallet(meta(req, who), who.account_id, **body)
+        resp.media = self.market.money.bind_wallet(meta(req, who), who.account_id, **body)
         resp.status = falcon.HTTP_201
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        from domain.errors import WalletRequired
-        from domain.wallet import wallet_message
+        from domain.model.errors import WalletRequired
+        from domain.model.wallet import wallet_message
 
         who = principal(req, "api_key", "session", "oauth_client")
-        market = req.context.runtime.market
+        market = self.market
         try:
-            address: str | None = market.wallet_of(who.account_id)
+            address: str | None = market.money.wallet_of(who.account_id)
         except WalletRequired:
             address = None
         template = wallet_message(who.account_id, "0x" + "0" * 40, market.hub_url)
@@ -94,30 +102,37 @@ class Channels:
         "get": op("Your channels", "money", auth="account", responses={"200": ITEMS}),
     }
 
+    def __init__(self, market: Marketplace, views: ViewDB) -> None:
+        self.market = market
+        self.views = views
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
         who.require_role("buyer")
         body = read_json(req, OPEN)
-        market = req.context.runtime.market
+        market = self.market
         if body["rail"] == "card":
-            resp.media = market.open_card_channel(meta(req, who), who.account_id, currency=body["currency"],
+            resp.media = market.money.open_card_channel(meta(req, who), who.account_id, currency=body["currency"],
                                                   amount_minor=body["amount_minor"],
                                                   idempotency_key=_idempotency_key(req))
         else:
-            resp.media = market.open_chain_channel(meta(req, who), who.account_id, tx_hash=body["tx_hash"])
+            resp.media = market.money.open_chain_channel(meta(req, who), who.account_id, tx_hash=body["tx_hash"])
         resp.status = falcon.HTTP_201
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
-        resp.media = {"items": channels_of(req.context.runtime.views, who.account_id)}
+        resp.media = {"items": channels_of(self.views, who.account_id)}
 
 
 class Channel:
     openapi = {"get": op("One of your channels", "money", auth="account", responses={"200": CHANNEL})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
-        channel = req.context.runtime.market.channel_for(who.account_id, channel_id, auditor="auditor" in who.roles)
+        channel = self.market.money.channel_for(who.account_id, channel_id, auditor="auditor" in who.roles)
         resp.media = channel.to_public()
 
 
@@ -126,15 +141,18 @@ class TopUps:
                           "money", auth="account", body=TOP_UP, params=[IDEMPOTENCY_OPTIONAL],
                           responses={"201": CHANNEL})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
         body = read_json(req, TOP_UP)
-        market = req.context.runtime.market
+        market = self.market
         if "tx_hash" in body:
-            resp.media = market.top_up_chain_channel(meta(req, who), who.account_id, channel_id,
+            resp.media = market.money.top_up_chain_channel(meta(req, who), who.account_id, channel_id,
                                                      tx_hash=body["tx_hash"])
         else:
-            resp.media = market.top_up_card_channel(meta(req, who), who.account_id, channel_id,
+            resp.media = market.money.top_up_card_channel(meta(req, who), who.account_id, channel_id,
                                                     amount_minor=body["amount_minor"],
                                                     idempotency_key=_idempotency_key(req))
         resp.status = falcon.HTTP_201
@@ -145,6 +163,9 @@ class Debits:
                           auth="account", body=DEBIT, params=[IDEMPOTENCY],
                           responses={"201": DEBIT_RESULT, "402": None})}
 
+    def __init__(self, batcher: DebitBatcher) -> None:
+        self.batcher = batcher
+
     # The hot path runs on the event loop (no thread hand-off): the body, a session token
     # seen before and the batcher's cached channel facts need no I/O; the commit is shared.
     async def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
@@ -152,13 +173,7 @@ class Debits:
         body = read_json(req, DEBIT)
         who = await principal_async(req, "api_key", "session", "oauth_client")
         key = _idempotency_key(req)
-        runtime = req.context.runtime
-        batcher = runtime.debit_batcher
-        if batcher is not None:
-            result = await batcher.submit(meta(req, who), who.account_id, channel_id, key, body)
-        else:  # one transaction per debit (AIMARKET_DEBIT_BATCH_MS=0)
-            result = await run_sync(req, runtime.market.debit, meta(req, who), who.account_id, channel_id,
-                                    idempotency_key=key, body=body)
+        result = await self.batcher.submit(meta(req, who), who.account_id, channel_id, key, body)
         _debit_response(resp, result)
 
 
@@ -166,13 +181,16 @@ class Close:
     openapi = {"post": op("Close the channel: no more debits; settlement follows", "money", auth="account",
                           responses={"200": CHANNEL})}
 
+    def __init__(self, market: Marketplace, enqueue_settlement: SettlementQueue | None) -> None:
+        self.market = market
+        self.enqueue_settlement = enqueue_settlement
+
     def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
-        runtime = req.context.runtime
-        resp.media = runtime.market.close_channel(meta(req, who), who.account_id, channel_id)
-        if runtime.enqueue_settlement is not None and resp.media["status"] == "closing":
+        resp.media = self.market.money.close_channel(meta(req, who), who.account_id, channel_id)
+        if self.enqueue_settlement is not None and resp.media["status"] == "closing":
             try:
-                runtime.enqueue_settlement(resp.media["id"])
+                self.enqueue_settlement(resp.media["id"])
             except Exception as exc:  # noqa: BLE001 - Redis down: the sweep (every 60 s) settles it
                 log.warning("settlement.enqueue_failed", channel_id=resp.media["id"], error=repr(exc))
 
@@ -189,17 +207,20 @@ class StripeWebhook:
                                    returned={"type": ["boolean", "null"]},
                                    refund_failure_recorded={"type": ["boolean", "null"]})})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = raw_body(req)
-        market = req.context.runtime.market
-        event = market.card_gateway().verify_webhook(raw, req.get_header("Stripe-Signature"))
+        market = self.market
+        event = market.money.card_gateway().verify_webhook(raw, req.get_header("Stripe-Signature"))
         kind, obj = event["type"], event["data"]
         credited = returned = refund_failure_recorded = None
         if kind == "payment_intent.succeeded":
-            outcome = market.credit_card_payment(meta(req), obj)
+            outcome = market.money.credit_card_payment(meta(req), obj)
             credited, returned = outcome["credited"], outcome["returned"]
         elif kind == "refund.failed" or (kind in REFUND_UPDATES and obj.get("status") in FAILED_REFUND_STATUSES):
-            refund_failure_recorded = market.record_card_refund_failure(meta(req), obj)["recorded"]
+            refund_failure_recorded = market.refunds.record_card_refund_failure(meta(req), obj)["recorded"]
         resp.media = {"received": True, "credited": credited, "returned": returned,
                       "refund_failure_recorded": refund_failure_recorded}
 
@@ -208,10 +229,13 @@ class Balances:
     openapi = {"get": op("Ledger balances: your accounts (auditors: every account)", "money", auth="account",
                          responses={"200": ITEMS})}
 
+    def __init__(self, views: ViewDB) -> None:
+        self.views = views
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
         everyone = "auditor" in who.roles or "admin" in who.roles
-        resp.media = {"items": balances_of(req.context.runtime.views, None if everyone else who.account_id)}
+        resp.media = {"items": balances_of(self.views, None if everyone else who.account_id)}
 
 
 DESTINATION = obj(["stripe_account"], stripe_account={"type": "string", "pattern": "^acct_[A-Za-z0-9]{1,59}$"})
@@ -221,11 +245,14 @@ class PayoutDestination:
     openapi = {"post": op("Set where your card-rail earnings are paid (a Stripe Connect account)", "money",
                           auth="account", body=DESTINATION, responses={"201": open_obj(stripe_account={"type": "string"})})}
 
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, "api_key", "session")
         who.require_role("seller")
         body = read_json(req, DESTINATION)
-        resp.media = req.context.runtime.market.set_payout_destination(meta(req, who), who.account_id,
+        resp.media = self.market.payouts.set_payout_destination(meta(req, who), who.account_id,
                                                                        body["stripe_account"])
         resp.status = falcon.HTTP_201
 
@@ -235,8 +262,11 @@ class Statements:
                          auth="account", responses={"200": open_obj(earnings={"type": "array"},
                                                                     payouts={"type": "array"})})}
 
+    def __init__(self, views: ViewDB) -> None:
+        self.views = views
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         from projections.balances import statement_of
 
         who = principal(req, "api_key", "session", "oauth_client")
-        resp.media = statement_of(req.context.runtime.views, who.account_id)
+        resp.media = statement_of(self.views, who.account_id)

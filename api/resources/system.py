@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import falcon
 
 from api.openapi import op, open_obj
-from domain.errors import Unavailable
-from domain.keys import KxPublicKey, VerifyKey
+from domain.model.errors import Unavailable
+from domain.model.keys import KxPublicKey, VerifyKey
+
+if TYPE_CHECKING:
+    from domain.app.marketplace import Marketplace
+    from domain.model.ports import ViewDB
 
 PROTOCOL_VERSION = "1.0"
 API_VERSION = "0.1.0"
@@ -27,14 +31,18 @@ class Ready:
                          responses={"200": open_obj(status={"type": "string"}, store={"type": "string"},
                                                     head_position={"type": "integer"})})}
 
+    def __init__(self, market: Marketplace, views: ViewDB, store: str) -> None:
+        self.market = market
+        self.views = views
+        self.store = store
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        runtime = req.context.runtime
         try:
-            head = runtime.market.recorder.max_notification_id() or 0
-            runtime.views.fetchone("SELECT 1 AS ok")
+            head = self.market.recorder.max_notification_id() or 0
+            self.views.fetchone("SELECT 1 AS ok")
         except Exception as exc:  # noqa: BLE001 - any failure here means "not ready"
             raise Unavailable(f"store not reachable: {type(exc).__name__}") from None
-        resp.media = {"status": "ready", "store": runtime.settings.store, "head_position": head}
+        resp.media = {"status": "ready", "store": self.store, "head_position": head}
 
 
 class OpenApiDoc:
@@ -56,9 +64,13 @@ class Discovery:
                              hub_url={"type": "string"}, signing_key={"type": "object"},
                              key_exchange_key={"type": "object"}, api={"type": "object"})})}
 
+    def __init__(self, market: Marketplace, hub_name: str, hub_url: str) -> None:
+        self.market = market
+        self.hub_name = hub_name
+        self.hub_url = hub_url
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        runtime = req.context.runtime
-        market, settings = runtime.market, runtime.settings
+        market = self.market
         keyring = market.keyring()
         signing_kid, kx_kid = keyring.current("signing"), keyring.current("kx")
         signing = VerifyKey.from_bytes(bytes(market.secrets.signing_key(signing_kid).verify_key))
@@ -66,8 +78,8 @@ class Discovery:
         resp.media = {
             "protocol_versions": [PROTOCOL_VERSION],
             "hub_version": API_VERSION,
-            "hub_name": settings.hub_name,
-            "hub_url": settings.hub_url,
+            "hub_name": self.hub_name,
+            "hub_url": self.hub_url,
             "signing_key": {"kid": signing_kid, "alg": "Ed25519", "public_key": signing.to_multibase(),
                             "did": signing.did_key},
             "key_exchange_key": {"kid": kx_kid, "alg": "X25519", "public_key": kx.to_multibase()},

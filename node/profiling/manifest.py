@@ -9,7 +9,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from domain.errors import InvalidInput
+from domain.model.errors import InvalidInput
 from node.profiling import describe
 from node.profiling.dataset import REPORT_VERSION
 from node.profiling.sources import sri

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from domain.errors import InvalidInput
+from domain.model.errors import InvalidInput
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 BATCH_ROWS = 100_000

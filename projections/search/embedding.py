@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from domain.errors import InvalidInput, Unavailable
+from domain.model.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnxruntime

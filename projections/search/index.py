@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from projections.db import ViewDB
+from domain.model.ports import ViewDB
 from projections.search import vectors
 from projections.search.embedding import DIM
 from projections.search.ivf import Ivf

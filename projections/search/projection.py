@@ -19,9 +19,9 @@ import threading
 from functools import singledispatchmethod
 from typing import Any
 
-from domain.listing import Listing
+from domain.model.listing import Listing
+from domain.model.ports import Tx
 from projections.base import Projection
-from projections.db import Tx
 from projections.search import vectors
 from projections.search.embedding import Embedder
 

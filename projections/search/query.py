@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from domain.errors import InvalidInput
-from domain.money import check_currency
-from projections.db import ViewDB
+from domain.model.errors import InvalidInput
+from domain.model.money import check_currency
+from domain.model.ports import ViewDB
 from projections.search.index import KINDS, SemanticIndex, index_for
 from projections.search.projection import shared_embedder
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from domain.errors import InvalidInput
+from domain.model.errors import InvalidInput
 
 _F32_LE = np.dtype("<f4")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from freezegun import freeze_time
 
-from domain.commands.devices import enrollment_message
-from domain.keys import KxPrivateKey, SigningKey, b64url
+from domain.model.device import enrollment_message
+from domain.model.keys import KxPrivateKey, SigningKey, b64url
 from tests.helpers import auth, device_jwt, enroll, register, rotation_body, seller_with_key
 
 NOW_S = 1_767_225_600  # 2026-01-01T00:00:00Z

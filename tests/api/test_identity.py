@@ -124,7 +124,7 @@ def test_session_key_rotation_honours_old_key_for_24_hours(client, runtime) -> N
 def test_old_session_key_tokens_refused_after_grace(client, runtime, make_settings, store) -> None:
     account = register(client)
     with freeze_time("2026-01-01T00:00:00Z") as frozen:
-        runtime.market.session_ttl_s = 3 * 86400  # long-lived token to isolate the key check
+        runtime.market.identity.session_ttl_s = 3 * 86400  # long-lived token to isolate the key check
         token = login(client, account["email"])
         runtime.market.rotate_platform_key({"actor": "op", "correlation_id": "t", "causation_id": ""}, "session")
         frozen.move_to("2026-01-01T23:59:00Z")
@@ -165,7 +165,7 @@ def test_roles_gate_the_audit_log(client, runtime) -> None:
     account = register(client, roles=["buyer"])
     token = login(client, account["email"])
     assert client.simulate_get("/v1/audit/events", headers=auth(token)).json["code"] == "forbidden"
-    runtime.market.grant_role({"actor": "op", "correlation_id": "t", "causation_id": ""}, account["email"],
+    runtime.market.identity.grant_role({"actor": "op", "correlation_id": "t", "causation_id": ""}, account["email"],
                               "auditor")
     for runner in runtime.runners():
         runner.setup()

@@ -3,6 +3,7 @@ refuses, for every request schema the API publishes."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import fastjsonschema
@@ -16,7 +17,10 @@ from api.openapi import build_spec
 
 
 def request_schemas() -> list[dict[str, Any]]:
-    spec = build_spec(route_table(), title="t", version="0", server_url="http://hub.test")
+    # The document only reads each resource's declared operations: no store is needed.
+    unwired = SimpleNamespace(market=None, views=None, debit_batcher=None, enqueue_settlement=None,
+                              settings=SimpleNamespace(store="", hub_name="", hub_url=""))
+    spec = build_spec(route_table(unwired), title="t", version="0", server_url="http://hub.test")
     found = []
     for path in spec["paths"].values():
         for operation in path.values():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from domain.errors import Conflict
+from domain.model.errors import Conflict
 from ops.audit import verify_log
 from ops.bootstrap import platform_secret
 from ops.settings import Settings, SettingsError, load_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from datetime import UTC, datetime, timedelta
 
-from domain.keys import SigningKey
+from domain.model.keys import SigningKey
 from node.publishing import publish_credential
 from tests.catalogue.helpers import catch_up, delist, headers, listing, node, publish, update
 from tests.helpers import auth
@@ -32,7 +32,7 @@ def test_publish_update_delist_round_trip(client, runtime) -> None:
     catch_up(runtime)
     detail = client.simulate_get(f"/v1/listings/{listing_id}")
     assert detail.status_code == 200 and detail.json["status"] == "delisted"
-    events = runtime.market.recorder.select_events(runtime.market.listing(listing_id).id)
+    events = runtime.market.recorder.select_events(runtime.market.catalogue.listing(listing_id).id)
     assert len(events) == 3
 
 
@@ -85,6 +85,6 @@ def test_suspended_device_and_expired_key(client, runtime) -> None:
 
 
 def _suspend(runtime, device_id: str) -> None:
-    device = runtime.market.device(device_id)
+    device = runtime.market.devices.device(device_id)
     device.suspend({"actor": "system", "correlation_id": "t", "causation_id": ""}, "test")
     runtime.market.save(device)

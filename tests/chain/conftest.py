@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from workers.chain import wallet
-from workers.chain.channels import ChainChannels
-from workers.chain.deploy import Deployment, deploy_all
-from workers.chain.evm import Chain, dev_accounts, in_process_chain
+from ops.adapters.evm import wallet
+from ops.adapters.evm.channels import ChainChannels
+from ops.adapters.evm.deploy import Deployment, deploy_all
+from ops.adapters.evm.evm import Chain, dev_accounts, in_process_chain
 
 REPO = Path(__file__).resolve().parents[2]
 OPS_CHAIN = REPO / "ops" / "chain"

@@ -16,7 +16,7 @@ from pathlib import Path
 from eth_account import Account
 from eth_utils import keccak
 
-from domain.voucher import (
+from domain.model.voucher import (
     SECP256K1_N,
     VoucherDomain,
     sign_voucher,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from workers.chain.compile import (
+from ops.adapters.evm.compile import (
     CONTRACT_NAMES,
     artifact_path,
     compile_contract,

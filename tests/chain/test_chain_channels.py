@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from domain.errors import InvalidInput, InvalidState, NotFound, Unavailable
+from domain.model.errors import InvalidInput, InvalidState, NotFound, Unavailable
+from ops.adapters.evm import wallet
+from ops.adapters.evm.channels import ChainChannels, normalize_tx_hash
+from ops.adapters.evm.deploy import deploy_all
+from ops.adapters.evm.evm import http_chain
 from tests.chain.conftest import World
-from workers.chain import wallet
-from workers.chain.channels import ChainChannels, normalize_tx_hash
-from workers.chain.deploy import deploy_all
-from workers.chain.evm import http_chain
 
 CID = "0x" + "d1" * 32
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 from eth_tester.exceptions import TransactionFailed
 
-from domain.errors import (
+from domain.model.errors import (
     AlreadyExists,
     Forbidden,
     InvalidInput,
     InvalidState,
     SignatureInvalid,
 )
-from domain.voucher import sign_voucher
+from domain.model.voucher import sign_voucher
+from ops.adapters.evm import wallet
+from ops.adapters.evm.deploy import contract
+from ops.adapters.evm.evm import advance_time
+from ops.adapters.evm.txs import send_call
 from tests.chain.conftest import BUYER_FUNDS, World
-from workers.chain import wallet
-from workers.chain.deploy import contract
-from workers.chain.evm import advance_time
-from workers.chain.txs import send_call
 
 CID = "0x" + "c1" * 32
 DEPOSIT = 5_000_000

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import SignatureInvalid
-from domain.voucher import sign_voucher
+from domain.model.errors import SignatureInvalid
+from domain.model.voucher import sign_voucher
+from ops.adapters.evm import wallet
+from ops.adapters.evm.deploy import contract
+from ops.adapters.evm.evm import advance_time, http_chain
 from tests.chain.conftest import BUYER_FUNDS, World, build_world
-from workers.chain import wallet
-from workers.chain.deploy import contract
-from workers.chain.evm import advance_time, http_chain
 
 CID = "0x" + "e1" * 32
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "eip712_voucher.json").read_text())

@@ -9,8 +9,8 @@ import pytest
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
 
-from domain.errors import InvalidInput, SignatureInvalid
-from domain.voucher import (
+from domain.model.errors import InvalidInput, SignatureInvalid
+from domain.model.voucher import (
     VoucherDomain,
     recover_voucher_signer,
     sign_voucher,
@@ -18,8 +18,8 @@ from domain.voucher import (
     voucher_digest,
     voucher_typed_data,
 )
+from ops.adapters.evm.deploy import contract
 from tests.chain.conftest import World
-from workers.chain.deploy import contract
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "eip712_voucher.json").read_text())
 DOMAIN = VoucherDomain(VECTORS["domain"]["chainId"], VECTORS["domain"]["verifyingContract"])

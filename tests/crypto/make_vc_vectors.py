@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from domain.keys import SigningKey, VerifyKey
-from domain.vc import ED25519_SIGNATURE_2020, sign_credential, verify_credential
+from domain.model.keys import SigningKey, VerifyKey
+from domain.model.vc import ED25519_SIGNATURE_2020, sign_credential, verify_credential
 
 OUT = Path(__file__).resolve().parents[1] / "vectors" / "vc_di_eddsa_jcs_2022.json"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import InvalidInput
-from domain.jcs import canonical_json, loads_strict, sha256_sri
+from domain.model.errors import InvalidInput
+from domain.model.jcs import canonical_json, loads_strict, sha256_sri
 
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "rfc8785_jcs.json").read_text(encoding="utf-8"))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import base58
 import pytest
 
-from domain.errors import InvalidInput, SignatureInvalid
-from domain.keys import (
+from domain.model.errors import InvalidInput, SignatureInvalid
+from domain.model.keys import (
     KxPrivateKey,
     KxPublicKey,
     SigningKey,

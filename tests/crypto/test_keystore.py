@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from domain.errors import InvalidInput
-from domain.keys import KxPrivateKey, SigningKey
+from domain.model.errors import InvalidInput
+from domain.model.keys import KxPrivateKey, SigningKey
 from node import keystore as ks
 from node.keystore import (
     Keystore,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import InvalidInput, MarketError, SignatureInvalid
-from domain.jcs import canonical_json
-from domain.keys import SigningKey, VerifyKey
-from domain.vc import (
+from domain.model.errors import InvalidInput, MarketError, SignatureInvalid
+from domain.model.jcs import canonical_json
+from domain.model.keys import SigningKey, VerifyKey
+from domain.model.vc import (
     ED25519_SIGNATURE_2020,
     VerifiedProof,
     parse_xsd_datetime,

@@ -6,11 +6,11 @@ import uuid
 
 import pytest
 
-from domain.account import Account
-from domain.device import ROTATION_GRACE_S, Device
-from domain.errors import DeviceNotEnrolled, DeviceSuspended, InvalidInput, InvalidState, KeyExpired
-from domain.keyring import KEYRING_ID, Keyring
-from domain.money import Money
+from domain.model.account import Account
+from domain.model.device import ROTATION_GRACE_S, Device
+from domain.model.errors import DeviceNotEnrolled, DeviceSuspended, InvalidInput, InvalidState, KeyExpired
+from domain.model.keyring import KEYRING_ID, Keyring
+from domain.model.money import Money
 
 META = {"actor": "test", "correlation_id": "c", "causation_id": ""}
 

@@ -12,12 +12,12 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
-from domain.voucher import channel_id_bytes, sign_voucher
-from domain.wallet import wallet_message
+from domain.model.voucher import channel_id_bytes, sign_voucher
+from domain.model.wallet import wallet_message
+from ops.adapters.evm import wallet
+from ops.adapters.evm.deploy import contract
+from ops.adapters.evm.evm import Chain
 from tests.money.conftest import person
-from workers.chain import wallet
-from workers.chain.deploy import contract
-from workers.chain.evm import Chain
 
 BUYER_MINT = 5_000_000
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from domain.model.errors import PaymentProviderUnavailable
 from tests.money.conftest import catch_up, open_card_channel, person
-from workers.payments.errors import PaymentProviderUnavailable
 from workers.payouts import send_payout, sweep_payouts
 
 

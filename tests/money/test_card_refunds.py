@@ -16,15 +16,14 @@ from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from eventsourcing.domain import Snapshot
 
-from domain import ledger
-from domain.channel import Channel
-from domain.errors import InvalidState
-from domain.ledger import LedgerInvariantViolated
+from domain.model import ledger
+from domain.model.channel import Channel
+from domain.model.errors import InvalidState, PaymentProviderUnavailable
+from domain.model.ledger import LedgerInvariantViolated
 from ops.audit import verify_log
 from tests.money.conftest import catch_up, deliver_webhook, open_card_channel, person
 from tests.stubs import payment_intent_succeeded_event, webhook_event
 from workers.jobs import Jobs, schedules
-from workers.payments.errors import PaymentProviderUnavailable
 from workers.refunds import send_card_refunds, sweep_refunds
 
 META = {"actor": "test", "correlation_id": "c", "causation_id": ""}
@@ -148,7 +147,7 @@ def closed_two_intent_channel(client: Any, stub: Any, runtime: Any) -> tuple[dic
 
 def paid_late(runtime: Any, stub: Any, channel_id: str, amount_minor: int) -> tuple[str, bytes]:
     """A top-up intent for the channel, paid now: its id and its signed-webhook body."""
-    intent = runtime.market.payments.create_payment_intent(
+    intent = runtime.market.money.cards.create_payment_intent(
         amount_minor=amount_minor, currency="USD", channel_id=channel_id, idempotency_key=uuid.uuid4().hex)
     return intent["id"], payment_intent_succeeded_event(stub.succeed_payment_intent(intent["id"]))
 
@@ -179,7 +178,7 @@ def test_unspent_money_goes_back_to_the_cards_once(money_client, money_runtime, 
     assert stripe_stub.refunds == {}
     # A crash after Stripe refunded but before we recorded it: the retry must get the same refund.
     market = money_runtime.market
-    monkeypatch.setattr(market, "_card_refund_outcome", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr(market.refunds, "_card_refund_outcome", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError):
         send_card_refunds(money_runtime, channel_id)
     monkeypatch.undo()
@@ -210,12 +209,12 @@ def test_unspent_money_goes_back_to_the_cards_once(money_client, money_runtime, 
 def test_refused_refund_is_recorded_and_left_for_an_operator(money_client, money_runtime, stripe_stub) -> None:
     buyer, channel_id, funded = closed_two_intent_channel(money_client, stripe_stub, money_runtime)
     pi_open, pi_top_up = funded
-    money_runtime.market.payments, gateway = None, money_runtime.market.payments
+    money_runtime.market.money.cards, gateway = None, money_runtime.market.money.cards
     assert sweep_refunds(money_runtime) == []  # no card rail: refunds stay pending
     assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "pending", pi_open: "pending"}
     assert stripe_stub.requests_to("POST", "/v1/refunds") == []
 
-    money_runtime.market.payments = gateway
+    money_runtime.market.money.cards = gateway
     stripe_stub.payment_intents[pi_top_up]["amount_refunded"] = 2_000  # refunded by hand in Stripe's dashboard
     assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "failed", pi_open: "sent"}
     assert refunded_at_stub(stripe_stub) == {pi_open: 500}
@@ -237,14 +236,14 @@ def test_cron_sweep_and_actor_retry_through_dramatiq(money_client, money_runtime
     worker.start()
     try:
         stripe_stub.fail_next(3, status=503)  # the first run fails; Dramatiq retries with backoff
-        jobs.refunds.sweep_refunds.send()
+        jobs.sweep_refunds.send()
         broker.join("payouts", timeout=60_000)
         worker.join()
     finally:
         worker.stop()
     assert refunded_at_stub(stripe_stub) == {pi_top_up: 2_000, pi_open: 500}
     assert [r.status for r in stripe_stub.requests_to("POST", "/v1/refunds")] == [503, 503, 503, 200, 200]
-    recorded = money_runtime.market.channel(channel_id).card_refunds
+    recorded = money_runtime.market.money.channel(channel_id).card_refunds
     assert {pi: r["status"] for pi, r in recorded.items()} == {pi_top_up: "sent", pi_open: "sent"}
 
 
@@ -274,7 +273,7 @@ def test_a_sent_refund_that_fails_later_is_held_for_the_buyer_again() -> None:
 
 
 def test_refund_keys_round_trip() -> None:
-    from domain.channel import card_refund_key, parse_card_refund_key
+    from domain.model.channel import card_refund_key, parse_card_refund_key
 
     channel_id = uuid.uuid4()
     assert parse_card_refund_key(card_refund_key(channel_id, "pi_3Abc")) == (channel_id, "pi_3Abc")
@@ -328,7 +327,7 @@ def test_refund_failed_webhook_puts_the_money_back_for_the_buyer(money_client, m
     assert audit["ok"], audit["problems"]
 
     # Resolved by an operator, then Stripe sends the same failure again: nothing more is recorded.
-    money_runtime.market.resolve_card_refund(META, channel_id, pi_top_up, "bank transfer")
+    money_runtime.market.refunds.resolve_card_refund(META, channel_id, pi_top_up, "bank transfer")
     again = deliver_webhook(money_client, webhook_event("refund.updated", failed))
     assert again.json["refund_failure_recorded"] is False, again.json
     # A later payment on the settled channel is still sent back (its refund is pending again).
@@ -352,7 +351,7 @@ def test_a_refund_stripe_answers_failed_is_recorded_failed(money_client, money_r
     stripe_stub.fail_next_refund()
     assert send_card_refunds(money_runtime, channel_id) == {pi_top_up: "failed", pi_open: "sent"}
     made = {r["payment_intent"]: r["id"] for r in stripe_stub.refunds.values()}
-    recorded = money_runtime.market.channel(channel_id).card_refunds
+    recorded = money_runtime.market.money.channel(channel_id).card_refunds
     assert recorded[pi_top_up]["stripe_refund_id"] == made[pi_top_up]  # kept, so a later event can be matched
     catch_up(money_runtime)
     balances = assert_ledger_balanced(money_runtime)
@@ -389,7 +388,7 @@ def test_a_top_up_paid_after_the_close_is_refunded_not_lost(money_client, money_
 
 
 def test_an_operator_resolves_a_failed_refund_once() -> None:
-    from domain.errors import InvalidInput
+    from domain.model.errors import InvalidInput
 
     channel = settled_card_channel([("stripe:pi_a", 3_000), ("stripe:pi_b", 2_000)], 2_500)
     ref = ledger.ChannelRef(str(channel.id), "b", "USD", "card")

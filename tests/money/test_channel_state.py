@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from domain.base import Meta
-from domain.channel import KEY_RETENTION_S, Channel
+from domain.model.base import Meta
+from domain.model.channel import KEY_RETENTION_S, Channel
 from ops.bootstrap import Runtime
 
 META = Meta.system("test").as_dict()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 
-from domain import ledger
+from domain.model import ledger
 from tests.helpers import run_concurrently
 from tests.money.conftest import catch_up, deliver_webhook, open_card_channel, person
 from tests.stubs import payment_intent_succeeded_event

@@ -10,8 +10,8 @@ import pytest
 from falcon import testing
 
 from api.app import create_app
+from ops.adapters.postgres_async import AsyncPgSaver
 from ops.bootstrap import build_runtime
-from ops.pg_async_writer import AsyncPgSaver
 from tests.helpers import run_concurrently
 from tests.money.conftest import debit, open_card_channel, person
 from tests.stubs import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from domain.base import Meta
-from domain.channel import Channel
+from domain.model.base import Meta
+from domain.model.channel import Channel
 from ops.audit import verify_log
 from tests.money.conftest import catch_up, debit, open_card_channel, person
 from workers.payouts import send_payout, sweep_payouts
@@ -55,7 +55,7 @@ def test_the_log_proves_the_ledger_and_the_read_model(money_client, money_runtim
         f"read model: card_refund_pending_minor of channel {channel_id} is 0, the log says 1999"]
 
     # An event that went around the aggregate's rules (an overdraft) is caught on replay.
-    channel = market.channel(channel_id)
+    channel = market.money.channel(channel_id)
     channel.trigger_event(Channel.Debited, meta=Meta.system("forged", "forged").as_dict(), amount_minor=10**6,
                           fee_minor=0, seller_account_id="x", purpose="", idempotency_key="forged",
                           request_hash="forged")

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from domain import ledger
-from domain.channel import Channel, fee_for
-from domain.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
-from domain.ledger import ChannelRef, LedgerInvariantViolated
+from domain.model import ledger
+from domain.model.channel import Channel, fee_for
+from domain.model.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
+from domain.model.ledger import ChannelRef, LedgerInvariantViolated
 
 META = {"actor": "test", "correlation_id": "c", "causation_id": "c"}
 SELLERS = [str(uuid.UUID(int=i + 1)) for i in range(3)]

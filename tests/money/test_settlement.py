@@ -13,8 +13,11 @@ from dramatiq.brokers.redis import RedisBroker
 from falcon import testing
 
 from api.app import create_app
-from domain import ledger
-from domain.errors import InvalidState
+from domain.model import ledger
+from domain.model.errors import InvalidState
+from ops.adapters.broker import settlement_sender
+from ops.adapters.evm import wallet
+from ops.adapters.evm.evm import advance_time
 from ops.bootstrap import build_runtime
 from tests.money.chain_helpers import (
     BUYER_MINT,
@@ -29,9 +32,8 @@ from tests.money.chain_helpers import (
     withdraw_all,
 )
 from tests.money.conftest import catch_up, person
-from workers.chain import wallet
-from workers.chain.evm import advance_time
-from workers.settlement import SETTLE_QUEUE, SettlementJobs, settle_channel, settlement_sender, sweep_settlements
+from workers.jobs import Jobs
+from workers.settlement import SETTLE_QUEUE, settle_channel, sweep_settlements
 
 GRACE_S = 24 * 3600
 
@@ -43,8 +45,8 @@ class Hub:
         self.rt = rt
         self.market = rt.market
         self.client = testing.TestClient(create_app(runtime=rt))
-        self.chain_client = rt.market.chain()
-        dev = rt.market.chain_factory.dev
+        self.chain_client = rt.market.money.chain()
+        dev = rt.chain.dev
         self.chain, self.deployment, self.accounts = dev.chain, dev.deployment, dev.accounts
         self.domain = self.chain_client.domain()
         self.hub_url = rt.settings.hub_url
@@ -92,7 +94,7 @@ def test_settle_pays_sellers_platform_and_buyer_exactly_once(hub: Hub) -> None:
     channel = _two_seller_channel(hub, buyer, s1, s2)
     assert settle_channel(hub.rt, channel["id"]) == "confirmed"
     assert settle_channel(hub.rt, channel["id"]) == "confirmed"  # a redelivered message does nothing
-    settlement = hub.market.settlement(channel["id"]).to_public()
+    settlement = hub.market.settlement.settlement(channel["id"]).to_public()
     assert len(settlement["submissions"]) == 1 and settlement["tx_hash"] == settlement["tx_hash"].lower()
     # fees: floor(300000 * 5%) + floor(200001 * 5%) = 15000 + 10000
     assert [p["amount_minor"] for p in settlement["payees"]] == [
@@ -108,7 +110,7 @@ def test_settle_pays_sellers_platform_and_buyer_exactly_once(hub: Hub) -> None:
     assert hub.chain_client.token_balance(buyer.key.address) == before - 500_001
     assert hub.chain_client.token_balance(hub.deployment.channels) == 0
 
-    view = hub.market.channel(channel["id"]).to_public()
+    view = hub.market.money.channel(channel["id"]).to_public()
     assert (view["status"], view["settled_minor"], view["refunded_minor"]) == ("settled", 500_001, 499_999)
     assert view["settlement_ref"] == settlement["tx_hash"]
     catch_up(hub.rt)
@@ -129,10 +131,10 @@ def test_restart_after_recording_rebroadcasts_the_same_transaction(hub: Hub) -> 
 
     with pytest.raises(SystemExit):
         settle_channel(hub.rt, channel["id"], pause=crash)
-    recorded = hub.market.settlement(channel["id"])
+    recorded = hub.market.settlement.settlement(channel["id"])
     assert recorded.status == "submitted" and hub.chain_client.receipt(recorded.live["tx_hash"]) is None
     assert settle_channel(hub.rt, channel["id"]) == "confirmed"
-    done = hub.market.settlement(channel["id"])
+    done = hub.market.settlement.settlement(channel["id"])
     assert done.tx_hash == recorded.live["tx_hash"] and len(done.submissions) == 1
     assert len(settle_logs(hub.chain, hub.deployment.channels, channel["chain_channel_id"])) == 1
 
@@ -149,7 +151,7 @@ def test_a_nonce_taken_by_another_transaction_is_replaced(hub: Hub) -> None:
     with pytest.raises(SystemExit):
         settle_channel(hub.rt, channel["id"], pause=steal_nonce)
     assert settle_channel(hub.rt, channel["id"]) == "confirmed"
-    done = hub.market.settlement(channel["id"])
+    done = hub.market.settlement.settlement(channel["id"])
     assert len(done.submissions) == 2 and done.tx_hash == done.submissions[1]["tx_hash"]
     assert done.submissions[1]["nonce"] == done.submissions[0]["nonce"] + 1
     assert len(settle_logs(hub.chain, hub.deployment.channels, channel["chain_channel_id"])) == 1
@@ -161,10 +163,10 @@ def test_no_settlement_attempted_past_the_window(hub: Hub) -> None:
     advance_time(hub.chain, 7200 + GRACE_S + 1)  # the buyer's reclaim window is open
     nonce = hub.operator_nonce()
     assert settle_channel(hub.rt, channel["id"]) == "failed"
-    settlement = hub.market.settlement(channel["id"]).to_public()
+    settlement = hub.market.settlement.settlement(channel["id"]).to_public()
     assert settlement["failure"] == {"reason": "settle window closed", "retryable": False}
     assert settlement["submissions"] == [] and hub.operator_nonce() == nonce
-    assert hub.market.channel(channel["id"]).status == "closing"
+    assert hub.market.money.channel(channel["id"]).status == "closing"
     catch_up(hub.rt)
     assert sweep_settlements(hub.rt, lambda cid: None) == []  # not retried by the sweep either
 
@@ -178,17 +180,17 @@ def test_sweep_closes_near_expiry_and_settles(hub: Hub) -> None:
     catch_up(hub.rt)
     queued: list[str] = []
     assert sweep_settlements(hub.rt, queued.append) == [near["id"]]
-    assert hub.market.channel(unsigned["id"]).status == "settled"  # nothing signed: settled internally
-    assert hub.market.channel(far["id"]).status == "open"
+    assert hub.market.money.channel(unsigned["id"]).status == "settled"  # nothing signed: settled internally
+    assert hub.market.money.channel(far["id"]).status == "open"
     assert settle_channel(hub.rt, near["id"]) == "confirmed"
-    assert hub.market.channel(near["id"]).to_public()["refunded_minor"] == 60_000
+    assert hub.market.money.channel(near["id"]).to_public()["refunded_minor"] == 60_000
 
 
 def test_settlement_refused_for_an_open_channel(hub: Hub) -> None:
     buyer, _, _ = _parties(hub)
     channel = hub.funded_channel(buyer, 10_000)
     with pytest.raises(InvalidState):
-        hub.market.request_settlement({"actor": "system", "correlation_id": "t", "causation_id": ""}, channel["id"])
+        hub.market.settlement.request_settlement({"actor": "system", "correlation_id": "t", "causation_id": ""}, channel["id"])
 
 
 def test_chain_funding_is_credited_once_to_the_depositor_only(hub: Hub) -> None:
@@ -245,14 +247,14 @@ def test_debit_needs_a_covering_voucher(hub: Hub) -> None:
     assert forged.status_code == 401 and forged.json["code"] == "signature_invalid"
     ok = debit(hub.client, buyer, channel, s1, 10_000, cumulative=10_000, domain=hub.domain)
     assert ok.status_code == 201 and ok.json["fee_minor"] == 500
-    view = hub.market.channel(channel["id"]).to_public()
+    view = hub.market.money.channel(channel["id"]).to_public()
     assert (view["spent_minor"], view["voucher_minor"]) == (10_000, 10_000)
 
 
 def test_settlement_aggregate_allows_one_live_transaction() -> None:
     import uuid
 
-    from domain.settlement import Settlement
+    from domain.model.settlement import Settlement
 
     meta = {"actor": "system", "correlation_id": "t", "causation_id": ""}
     s = Settlement(id=uuid.uuid4(), meta=meta, channel_id="c", chain_channel_id="0x" + "11" * 32,
@@ -278,8 +280,9 @@ def test_close_over_the_api_queues_the_settlement_for_a_worker(hub: Hub, redis_s
     at once (the cron sweep is only the safety net)."""
     namespace = f"aimarket-test-{uuid.uuid4().hex[:8]}"
     hub.rt.enqueue_settlement = settlement_sender(redis_server, namespace)
+    hub.client = testing.TestClient(create_app(hub.rt))  # resources take the queue when built
     broker = RedisBroker(url=redis_server, namespace=namespace)
-    SettlementJobs(broker, lambda: hub.rt)
+    Jobs(broker, lambda: hub.rt)
     worker = Worker(broker, worker_timeout=100)
     worker.start()
     try:
@@ -287,7 +290,7 @@ def test_close_over_the_api_queues_the_settlement_for_a_worker(hub: Hub, redis_s
         channel = _two_seller_channel(hub, buyer, s1, s2)  # closed through the API
         broker.join(SETTLE_QUEUE, timeout=60_000)
         worker.join()
-        assert hub.market.settlement(channel["id"]).status == "confirmed"
+        assert hub.market.settlement.settlement(channel["id"]).status == "confirmed"
         assert len(settle_logs(hub.chain, hub.deployment.channels, channel["chain_channel_id"])) == 1
     finally:
         worker.stop()

@@ -22,14 +22,14 @@ from dramatiq.brokers.stub import StubBroker
 from falcon import testing
 
 from api.app import create_app
-from domain import ledger
+from domain.model import ledger
+from ops.adapters.evm.deploy import deploy_all
+from ops.adapters.evm.evm import dev_accounts, http_chain
 from ops.bootstrap import build_runtime
 from tests.chain.conftest import hardhat_url  # noqa: F401 - the loopback hardhat node (own instance here)
 from tests.conftest import PG_URL, TEST_SECRET
 from tests.money.chain_helpers import BUYER_MINT, debit, deposit, open_channel, party, settle_logs, withdraw_all
 from tests.money.conftest import catch_up
-from workers.chain.deploy import deploy_all
-from workers.chain.evm import dev_accounts, http_chain
 from workers.jobs import Jobs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def hub(hh, make_settings):
     settings = make_settings("postgres", hub_url=HUB_URL, chain_rpc_url=hh["url"], channels_address=d.channels,
                              token_address=d.token, operator_key_hex=a[1].key.hex())
     rt = build_runtime(settings)
-    yield {"rt": rt, "client": testing.TestClient(create_app(runtime=rt)), "chain_client": rt.market.chain(), **hh}
+    yield {"rt": rt, "client": testing.TestClient(create_app(runtime=rt)), "chain_client": rt.market.money.chain(), **hh}
     rt.close()
 
 
@@ -87,7 +87,7 @@ def _assert_paid_exactly(hub: dict[str, Any], channel: dict, parties: list, buye
     assert cc.token_balance(s2.key.address) == 333_333 - 16_666
     assert credited == 51_666 and cc.token_balance(platform) == platform_before + 51_666
     assert cc.token_balance(buyer.key.address) == buyer_before - 1_033_334
-    view = hub["rt"].market.channel(channel["id"]).to_public()
+    view = hub["rt"].market.money.channel(channel["id"]).to_public()
     assert (view["status"], view["settled_minor"], view["refunded_minor"]) == ("settled", 1_033_334, 966_666)
     catch_up(hub["rt"])
     rows = hub["rt"].views.fetchall("SELECT * FROM ledger_balances")
@@ -104,12 +104,12 @@ def test_worker_settles_on_hardhat(hub: dict[str, Any]) -> None:
     worker = Worker(broker, worker_timeout=100)
     worker.start()
     try:
-        jobs.settlements.sweep_settlements.send()  # the cron job: finds the closing channel, enqueues it
+        jobs.sweep_settlements.send()  # the cron job: finds the closing channel, enqueues it
         broker.join("settlements", timeout=60_000)
         worker.join()
     finally:
         worker.stop()
-    assert hub["rt"].market.settlement(channel["id"]).status == "confirmed"
+    assert hub["rt"].market.settlement.settlement(channel["id"]).status == "confirmed"
     _assert_paid_exactly(hub, channel, parties, before)
 
 
@@ -122,8 +122,9 @@ def _worker_env(hub: dict[str, Any], **extra: str) -> dict[str, str]:
             "AIMARKET_OPERATOR_KEY": s.operator_key_hex, **extra}
 
 
-def _run_until_paused(env: dict[str, str], channel_id: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen([sys.executable, "-m", "workers.settlement", "--once", channel_id], cwd=REPO,
+def _run_until_paused(env: dict[str, str], channel_id: str, stage: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen([sys.executable, "-m", "tests.money.settle_process", channel_id, "--pause-after", stage],
+                               cwd=REPO,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
@@ -144,15 +145,15 @@ def test_worker_sigkilled_between_submit_and_confirm(hub: dict[str, Any], stage:
     channel, parties, before = _closed_channel(hub, *keys)
     market = hub["rt"].market
 
-    process = _run_until_paused(_worker_env(hub, AIMARKET_TEST_PAUSE_AFTER=stage), channel["id"])
+    process = _run_until_paused(_worker_env(hub), channel["id"], stage)
     process.kill()  # SIGKILL: no cleanup, no chance to record anything more
     process.wait(timeout=10)
-    killed = market.settlement(channel["id"])
+    killed = market.settlement.settlement(channel["id"])
     assert killed.status == "submitted" and killed.tx_hash == ""
     broadcast = hub["chain_client"].receipt(killed.live["tx_hash"])
     assert (broadcast is not None) == (stage == "submitted")  # "recorded": killed before the broadcast
 
-    done = subprocess.run([sys.executable, "-m", "workers.settlement", "--once", channel["id"]], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "tests.money.settle_process", channel["id"]], cwd=REPO,
                           env=_worker_env(hub), capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

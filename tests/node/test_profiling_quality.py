@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from domain.errors import InvalidInput
+from domain.model.errors import InvalidInput
 from node.profiling import profile_manifest, profile_path, render_text
 from node.profiling.sketch import DistinctSketch, DuplicateRowSketch
 

@@ -11,22 +11,24 @@ import pytest
 import requests
 import stripe
 
-from domain.errors import InvalidInput, SignatureInvalid, Unavailable
-from tests.stubs.stripe_stub import (
+from domain.model.errors import (
+    InvalidInput,
+    PaymentIdempotencyConflict,
+    PaymentProviderMisconfigured,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+    SignatureInvalid,
+    Unavailable,
+)
+from ops.adapters.stripe.stripe_gateway import StripeGateway
+from ops.stubs.stripe_stub import (
     DEFAULT_API_KEY,
     DEFAULT_WEBHOOK_SECRET,
     StripeStub,
     payment_intent_succeeded_event,
     sign_webhook,
-    stripe_stub_fixture,  # noqa: F401 - registers the ``stripe_stub`` fixture
 )
-from workers.payments.errors import (
-    PaymentIdempotencyConflict,
-    PaymentProviderMisconfigured,
-    PaymentProviderRejected,
-    PaymentProviderUnavailable,
-)
-from workers.payments.stripe_gateway import StripeGateway
+from tests.stubs import stripe_stub_fixture  # noqa: F401 - registers the ``stripe_stub`` fixture
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from domain.index import Index
+from domain.model.index import Index
 from ops.bootstrap import build_runtime, make_runner
 from projections.audit_log import AuditLog
 from tests.conftest import pg_conninfo

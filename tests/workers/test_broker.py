@@ -7,8 +7,8 @@ import uuid
 import pytest
 from dramatiq import Worker
 
+from ops.adapters.broker import build_broker
 from ops.bootstrap import build_runtime
-from workers.broker import build_broker
 from workers.jobs import Jobs
 
 

@@ -1,0 +1,111 @@
+"""On-chain settlement commands: request (intent), submitted, confirmed (with the channel's
+Settled and Refunded in the same save), failed. The worker (``workers/settlement.py``)
+calls these around its outside calls; none of them talks to the chain."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from domain.app.service import Service
+from domain.model.errors import InvalidState, NotFound
+from domain.model.ids import NS_PLATFORM, natural_id
+from domain.model.settlement import Settlement, check_split
+
+if TYPE_CHECKING:
+    pass
+
+NS_SETTLEMENT = natural_id(NS_PLATFORM, "chain-settlement")
+
+
+def settlement_id_for(channel_id: str | UUID) -> UUID:
+    """One settlement per channel: a retried request lands on the same aggregate."""
+    return natural_id(NS_SETTLEMENT, str(channel_id))
+
+
+class SettlementService(Service):
+    """The settlement service of the marketplace (composed into ``Marketplace.settlement``)."""
+
+    def settlement(self, channel_id: str | UUID) -> Settlement | None:
+        try:
+            return self.load(Settlement, settlement_id_for(channel_id), "settlement")
+        except NotFound:
+            return None
+
+    def request_settlement(self, meta: dict, channel_id: str | UUID) -> dict[str, Any]:
+        """Record what a closing chain channel will pay on chain; the existing one if any.
+
+        Raises:
+            InvalidState: the channel is not a chain channel waiting for settlement.
+            WalletRequired: a seller to be paid has no wallet bound (nowhere to pay).
+        """
+        settlement_id = settlement_id_for(channel_id)
+
+        def command() -> dict[str, Any]:
+            if self.exists(settlement_id):
+                return self.load(Settlement, settlement_id).to_public()
+            channel = self.market.money.channel(channel_id)
+            if channel.rail != "chain" or channel.status != "closing" or channel.voucher_minor == 0:
+                raise InvalidState(f"channel is {channel.rail}/{channel.status}; nothing to settle on chain")
+            split = channel.settlement_split()
+            paid = [(s, a) for s, a in sorted(split["seller_amounts"].items()) if a > 0]
+            amounts = [a for _, a in paid]
+            check_split(cumulative_minor=split["cumulative_minor"], amounts=amounts, fee_minor=split["fee_minor"],
+                        fee_bps=channel.fee_bps, voucher_minor=channel.voucher_minor,
+                        deposit_minor=channel.deposit_minor)
+            if split["cumulative_minor"] != channel.voucher_minor:
+                raise InvalidState("the latest voucher must be what is settled")
+            settlement = Settlement(
+                id=settlement_id, meta=meta, channel_id=str(channel.id), chain_channel_id=channel.chain_channel_id,
+                cumulative_minor=split["cumulative_minor"], voucher_signature=channel.voucher_signature,
+                seller_account_ids=[s for s, _ in paid], payees=[self.market.money.wallet_of(s) for s, _ in paid],
+                amounts=amounts, fee_minor=split["fee_minor"], refund_minor=split["refund_minor"],
+                currency=channel.currency)
+            self.save(settlement)
+            return settlement.to_public()
+
+        return self.retrying(command)
+
+    def record_settlement_submitted(self, meta: dict, channel_id: str | UUID, *, tx_hash: str,
+                                    nonce: int, raw_tx: str, gas: int) -> bool:
+        """Record a signed settle transaction BEFORE it is broadcast (its hash is known)."""
+        def command() -> bool:
+            settlement = self._settlement(channel_id)
+            changed = settlement.submit(meta, tx_hash=tx_hash, nonce=nonce, raw_tx=raw_tx, gas=gas)
+            if changed:
+                self.save(settlement)
+            return changed
+
+        return self.retrying(command)
+
+    def record_settlement_failed(self, meta: dict, channel_id: str | UUID, *, reason: str,
+                                 retryable: bool) -> bool:
+        def command() -> bool:
+            settlement = self._settlement(channel_id)
+            changed = settlement.fail(meta, reason=reason, retryable=retryable)
+            if changed:
+                self.save(settlement)
+            return changed
+
+        return self.retrying(command)
+
+    def confirm_settlement(self, meta: dict, channel_id: str | UUID, *, tx_hash: str,
+                           block_number: int) -> dict[str, Any]:
+        """The chain mined our settle transaction: Confirmed + channel Settled/Refunded, one save."""
+        def command() -> dict[str, Any]:
+            settlement = self._settlement(channel_id)
+            if not settlement.confirm(meta, tx_hash=tx_hash, block_number=block_number):
+                return settlement.to_public()
+            channel = self.market.money.channel(channel_id)
+            channel.settle(meta, settlement_ref=settlement.tx_hash)
+            if (channel.settled_minor, channel.refunded_minor) != (settlement.cumulative_minor,
+                                                                  settlement.refund_minor):
+                raise InvalidState("the channel changed since its settlement was requested")
+            channel.check_invariants()
+            self.save(settlement, channel)
+            return settlement.to_public()
+
+        return self.retrying(command)
+
+    def _settlement(self, channel_id: str | UUID) -> Settlement:
+        return self.load(Settlement, settlement_id_for(channel_id), "settlement")

@@ -1,1 +1,0 @@
-"""Application commands, one mixin per area, combined in ``domain.application.Marketplace``."""

@@ -1,0 +1,291 @@
+"""One error hierarchy for the whole marketplace.
+
+Every error has a stable snake_case ``code`` and an HTTP ``status``; the API maps them to
+``application/problem+json`` in exactly one place (``api.errors``). Resources and workers
+raise these and never catch them to build responses themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MarketError(Exception):
+    """Raised for every expected failure; the root of the hierarchy."""
+
+    code = "market_error"
+    status = 400
+    title = "Request failed"
+
+    def __init__(self, detail: str = "", *, param: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.param = param
+        self.extra = extra
+
+
+class InvalidInput(MarketError):
+    """Raised when a request or command argument is malformed or out of range."""
+
+    code = "invalid_input"
+    status = 422
+    title = "Invalid input"
+
+
+class MalformedBody(InvalidInput):
+    """Raised when a request body is not valid JSON of the expected shape."""
+
+    code = "malformed_body"
+    status = 400
+    title = "Malformed request body"
+
+
+class NotFound(MarketError):
+    """Raised when the addressed thing does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(MarketError):
+    """Raised when a command loses an optimistic-concurrency race too many times."""
+
+    code = "conflict"
+    status = 409
+    title = "Concurrent modification"
+
+
+class AlreadyExists(Conflict):
+    """Raised when creating something whose natural key is already taken."""
+
+    code = "already_exists"
+    title = "Already exists"
+
+
+class InvalidState(Conflict):
+    """Raised when a command is not allowed in the aggregate's current state."""
+
+    code = "invalid_state"
+    title = "Not allowed in the current state"
+
+
+class IdempotencyKeyReused(Conflict):
+    """Raised when an Idempotency-Key is replayed with a different request body."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with another request"
+
+
+class Unauthenticated(MarketError):
+    """Raised when credentials are missing, malformed, expired or wrong."""
+
+    code = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class InvalidCredentials(Unauthenticated):
+    """Raised when a login, API key or client secret does not match."""
+
+    code = "invalid_credentials"
+    title = "Invalid credentials"
+
+
+class TotpRequired(Unauthenticated):
+    """Raised when an account has two-factor enabled and no (or a wrong) code was sent."""
+
+    code = "totp_required"
+    title = "Two-factor code required"
+
+
+class TokenInvalid(Unauthenticated):
+    """Raised when a bearer token is malformed, badly signed, expired or of an unknown key."""
+
+    code = "token_invalid"
+    title = "Invalid token"
+
+
+class TokenReplayed(Unauthenticated):
+    """Raised when a single-use token id (``jti``) or nonce is presented a second time."""
+
+    code = "token_replayed"
+    title = "Token or nonce already used"
+
+
+class SignatureInvalid(Unauthenticated):
+    """Raised when a signature does not verify against the expected key."""
+
+    code = "signature_invalid"
+    title = "Signature does not verify"
+
+
+class KeyExpired(Unauthenticated):
+    """Raised when a rotated-out key is used after its grace period."""
+
+    code = "key_expired"
+    title = "Key no longer accepted"
+
+
+class Forbidden(MarketError):
+    """Raised when an authenticated caller lacks the role or ownership required."""
+
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class DeviceNotEnrolled(Forbidden):
+    """Raised when a message is signed by a key that belongs to no enrolled device."""
+
+    code = "device_not_enrolled"
+    title = "Device not enrolled"
+
+
+class DeviceSuspended(Forbidden):
+    """Raised when a suspended device tries to act."""
+
+    code = "device_suspended"
+    title = "Device suspended"
+
+
+class InsufficientFunds(MarketError):
+    """Raised when a debit would overdraw a channel."""
+
+    code = "channel_exhausted"
+    status = 402
+    title = "Channel exhausted"
+
+
+class PayloadTooLarge(MarketError):
+    """Raised when a request body exceeds the size limit."""
+
+    code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class Unavailable(MarketError):
+    """Raised when a backing service (store, broker, chain) cannot be reached."""
+
+    code = "unavailable"
+    status = 503
+    title = "Service unavailable"
+
+
+class NonceReplayed(TokenReplayed):
+    """Raised when a signed credential's proof ``nonce`` was already used by that device."""
+
+    code = "nonce_replayed"
+    title = "Credential nonce already used"
+
+
+class CredentialStale(Unauthenticated):
+    """Raised when a credential's proof ``created`` is outside the hub's replay window (±5 min)."""
+
+    code = "credential_stale"
+    title = "Credential too old or from the future"
+
+
+class ForeignDevice(Forbidden):
+    """Raised when a credential is signed by another device than the authenticated one
+    (for instance a device of another seller)."""
+
+    code = "foreign_device"
+    title = "Credential signed by another device"
+
+
+class NotListingOwner(Forbidden):
+    """Raised when a seller updates or delists a listing that another seller owns."""
+
+    code = "not_listing_owner"
+    title = "Listing owned by another seller"
+
+
+class PaymentRailUnavailable(InvalidState):
+    """Raised when a channel asks for a funding rail (card, chain) this hub has not configured."""
+
+    code = "payment_rail_unavailable"
+    title = "Payment rail not configured"
+
+
+class DepositAlreadyCredited(AlreadyExists):
+    """Raised when an on-chain deposit (tx hash + log index) was already credited to a channel."""
+
+    code = "deposit_already_credited"
+    title = "Deposit already credited"
+
+
+class WalletRequired(InvalidState):
+    """Raised when a chain payment needs an account's registered wallet and there is none."""
+
+    code = "wallet_required"
+    title = "Register a wallet first"
+
+
+class WalletMismatch(Forbidden):
+    """Raised when an on-chain deposit was made by another address than the caller's wallet."""
+
+    code = "wallet_mismatch"
+    title = "Deposit made by another wallet"
+
+
+# -- carrying an error between processes (debits answered by the channel's owner) --------------
+def error_to_wire(exc: BaseException) -> dict[str, Any]:
+    """A JSON-able form of ``exc``; anything but a MarketError becomes ``unavailable``."""
+    if isinstance(exc, MarketError):
+        return {"code": exc.code, "detail": exc.detail, "param": exc.param, "extra": exc.extra}
+    return {"code": Unavailable.code, "detail": "the request could not be completed; retry it",
+            "param": None, "extra": {}}
+
+
+def error_from_wire(wire: dict[str, Any]) -> MarketError:
+    """The error ``error_to_wire`` described, as the same class (same code and status)."""
+    cls = _classes_by_code().get(str(wire.get("code")), Unavailable)
+    return cls(str(wire.get("detail") or ""), param=wire.get("param"), **dict(wire.get("extra") or {}))
+
+
+def _classes_by_code() -> dict[str, type[MarketError]]:
+    found: dict[str, type[MarketError]] = {}
+    pending: list[type[MarketError]] = [MarketError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+# -- the card payment provider's boundary -------------------------------------------------
+class PaymentProviderUnavailable(Unavailable):
+    """Raised when Stripe cannot be reached, times out, rate-limits, or answers 409 or 5xx.
+
+    Transient: retry later with the same idempotency key, which makes the retry safe.
+    """
+
+    code = "payment_provider_unavailable"
+    title = "Payment provider unavailable"
+    retryable = True
+
+
+class PaymentProviderRejected(InvalidInput):
+    """Raised when Stripe refuses a request with a 4xx answer; the same request cannot succeed."""
+
+    code = "payment_provider_rejected"
+    title = "Payment provider rejected the request"
+    retryable = False
+
+
+class PaymentIdempotencyConflict(PaymentProviderRejected):
+    """Raised when an idempotency key was already used at Stripe with other parameters."""
+
+    code = "payment_idempotency_conflict"
+    status = 409
+    title = "Idempotency key already used with other parameters"
+
+
+class PaymentProviderMisconfigured(PaymentProviderRejected):
+    """Raised when Stripe refuses our credentials (401/403): our deployment's fault."""
+
+    code = "payment_provider_misconfigured"
+    status = 500
+    title = "Payment provider misconfigured"
