@@ -26,6 +26,7 @@ import falcon.asgi
 import structlog
 
 from api import errors
+from api.authz import Authorize
 from api.http import Authenticator, read_body, run_sync
 from api.jsonbytes import json_bytes
 from api.logging import request_line
@@ -168,7 +169,7 @@ def create_app(runtime: HubRuntime) -> HubApp:
     """Build the ASGI app over a wired runtime (the entry point reads settings and builds it)."""
     settings = runtime.settings
     pool = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="api")
-    app = HubApp(middleware=[RequestContext(runtime.market, pool)])
+    app = HubApp(middleware=[RequestContext(runtime.market, pool), Authorize()])
     weakref.finalize(app, pool.shutdown, wait=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=json_bytes)
