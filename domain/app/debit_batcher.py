@@ -115,7 +115,7 @@ class DebitBatcher:
         key = check_idempotency_key(key)
         normal = market.money.debit_body(body)
         channel = self._facts(account_id, channel_id)  # ownership, and the id parsed
-        market.money.check_seller(normal["seller_account_id"])
+        market.money.check_seller(normal["seller_account_id"], buyer_account_id=channel.buyer_account_id)
         if channel.rail == "chain":
             market.money.wallet_of(normal["seller_account_id"])
             market.money.verify_debit_voucher(channel, normal["voucher"])

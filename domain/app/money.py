@@ -24,6 +24,7 @@ from domain.model.errors import (
     InvalidInput,
     NotFound,
     PaymentRailUnavailable,
+    SelfDealing,
     WalletMismatch,
     WalletRequired,
 )
@@ -295,8 +296,17 @@ class MoneyService(Service):
         return {"amount_minor": body.get("amount_minor"), "seller_account_id": seller, "purpose": purpose,
                 "voucher": voucher}
 
-    def check_seller(self, seller_account_id: str) -> None:
-        """The seller must exist with the seller role (cached: roles are never revoked)."""
+    def check_seller(self, seller_account_id: str, *, buyer_account_id: str) -> None:
+        """The seller must exist with the seller role (cached: roles are never revoked) and
+        must not be the channel's buyer: an account with both roles paying itself from its
+        own channel would turn the buyer's deposit into seller earnings (and fees) at will.
+
+        Raises:
+            SelfDealing: the seller is the channel's buyer.
+            InvalidInput: no such account, or it is not a seller.
+        """
+        if seller_account_id == str(buyer_account_id):
+            raise SelfDealing("a channel cannot pay its own buyer", param="seller_account_id")
         cache = self._cache()
         key = f"seller:{seller_account_id}"
         if key not in cache:
@@ -330,7 +340,7 @@ class MoneyService(Service):
             seen = channel.replay(key, digest)
             if seen is not None:
                 return seen
-            self.check_seller(normal["seller_account_id"])
+            self.check_seller(normal["seller_account_id"], buyer_account_id=channel.buyer_account_id)
             if channel.rail == "chain":
                 self.wallet_of(normal["seller_account_id"])
                 self.verify_debit_voucher(channel, normal["voucher"])

@@ -289,3 +289,10 @@ class PaymentProviderMisconfigured(PaymentProviderRejected):
     code = "payment_provider_misconfigured"
     status = 500
     title = "Payment provider misconfigured"
+
+
+class SelfDealing(Forbidden):
+    """Raised when a debit would pay the channel's own buyer (an account with both roles)."""
+
+    code = "self_dealing"
+    title = "A channel cannot pay its own buyer"
