@@ -296,3 +296,19 @@ class SelfDealing(Forbidden):
 
     code = "self_dealing"
     title = "A channel cannot pay its own buyer"
+
+
+# -- authorization (api/authz.py) ----------------------------------------------------------
+class InsufficientScope(Forbidden):
+    """Raised when an API key or OAuth client calls outside its scopes, or when a credential
+    would be minted with scopes beyond the caller's own."""
+
+    code = "insufficient_scope"
+    title = "Insufficient scope"
+
+
+class ReauthenticationRequired(Unauthenticated):
+    """Raised when a sensitive change needs a recent login (or a current two-factor code)."""
+
+    code = "reauthentication_required"
+    title = "Recent login required"
