@@ -19,7 +19,8 @@ Usage::
     with StripeStub(api_key="sk_test_x") as stub:
         gateway = StripeGateway("sk_test_x", "whsec_x", api_base=stub.url)
 
-or import :func:`stripe_stub_fixture` (fixture name ``stripe_stub``) into a ``conftest.py``.
+Tests get a started stub from the ``stripe_stub`` fixture (``tests/stubs``); benches and
+local demos start one with ``with StripeStub() as stub``. It listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -32,16 +33,13 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
-import pytest
-
 DEFAULT_API_KEY = "sk_test_aimarket_stub"
-DEFAULT_WEBHOOK_SECRET = "whsec_aimarket_stub"
+DEFAULT_WEBHOOK_SECRET = "whsec_aimarket_stub"  # noqa: S105 - the stub's own test secret
 API_VERSION = "2025-01-27.acacia"
 
 _CURRENCY = re.compile(r"^[a-z]{3}$")
@@ -531,14 +529,3 @@ def webhook_event(kind: str, obj: dict[str, Any], *, event_id: str | None = None
         "type": kind,
     }
     return json.dumps(event, separators=(",", ":")).encode()
-
-
-@pytest.fixture(name="stripe_stub")
-def stripe_stub_fixture() -> Iterator[StripeStub]:
-    """Fixture ``stripe_stub``: a started :class:`StripeStub` (:data:`DEFAULT_API_KEY`).
-
-    Register it with ``from tests.stubs import stripe_stub_fixture  # noqa: F401`` in a
-    ``conftest.py`` or test module; the stub stops after the test.
-    """
-    with StripeStub() as stub:
-        yield stub
