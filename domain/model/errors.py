@@ -312,3 +312,151 @@ class ReauthenticationRequired(Unauthenticated):
 
     code = "reauthentication_required"
     title = "Recent login required"
+
+
+# -- peer-to-peer delivery (docs/protocol.md "Delivery") ----------------------------------------
+class DeliveryTokenInvalid(TokenInvalid):
+    """Raised when a delivery token is malformed (segments, sizes, nesting, JSON, claim types)."""
+
+    code = "delivery_token_invalid"
+    title = "Invalid delivery token"
+
+
+class DeliveryTokenExpired(DeliveryTokenInvalid):
+    """Raised when a delivery token is used after its transfer deadline (``exp``)."""
+
+    code = "delivery_token_expired"
+    title = "Delivery token expired"
+
+
+class DeliveryTokenNotYetValid(DeliveryTokenInvalid):
+    """Raised when a delivery token is used before its ``nbf`` (or was issued in the future)."""
+
+    code = "delivery_token_not_yet_valid"
+    title = "Delivery token not yet valid"
+
+
+class DeliveryStartDeadlinePassed(DeliveryTokenInvalid):
+    """Raised when a delivery that never started is attempted after the token's ``start_by``."""
+
+    code = "delivery_start_deadline_passed"
+    title = "Delivery start deadline passed"
+
+
+class DeliveryWrongAudience(DeliveryTokenInvalid):
+    """Raised when a delivery token names another seller device than the one checking it."""
+
+    code = "delivery_wrong_audience"
+    title = "Delivery token for another device"
+
+
+class DeliveryTokenSignatureInvalid(DeliveryTokenInvalid):
+    """Raised when a delivery token's hub signature does not verify (tampered or forged)."""
+
+    code = "delivery_token_signature_invalid"
+    title = "Delivery token signature does not verify"
+
+
+class DeliveryUnknownKid(DeliveryTokenInvalid):
+    """Raised when a delivery token names a hub key (``kid``) the verifier does not trust."""
+
+    code = "delivery_unknown_kid"
+    title = "Delivery token signed by an unknown key"
+
+
+class DeliveryWrongTyp(DeliveryTokenInvalid):
+    """Raised when a token's header ``typ``/``alg`` is not the delivery token's."""
+
+    code = "delivery_wrong_typ"
+    title = "Not a delivery token"
+
+
+class DeliveryUnknownClaim(DeliveryTokenInvalid):
+    """Raised when a delivery token carries a header field or claim the protocol does not define."""
+
+    code = "delivery_unknown_claim"
+    title = "Unknown delivery token field"
+
+
+class DeliveryCnfMismatch(DeliveryTokenInvalid):
+    """Raised when the buyer's key does not match the token's ``cnf.jkt`` thumbprint."""
+
+    code = "delivery_cnf_mismatch"
+    title = "Buyer key does not match the token"
+
+
+class DeliveryPossessionFailed(Unauthenticated):
+    """Raised when a peer fails to prove its key in the delivery handshake (bad signature or MAC)."""
+
+    code = "delivery_possession_failed"
+    title = "Key possession not proven"
+
+
+class DeliveryTokenBound(Forbidden):
+    """Raised when a delivery token (``jti``) is already bound to another buyer key."""
+
+    code = "delivery_token_bound"
+    title = "Delivery token already redeemed by another key"
+
+
+class DeliveryResumeLimit(Forbidden):
+    """Raised when a delivery was resumed too often or would serve a byte more than twice."""
+
+    code = "delivery_resume_limit"
+    title = "Delivery resume limit reached"
+
+
+class DeliveryHandshakeFailed(InvalidInput):
+    """Raised when a delivery handshake message is malformed, of another version or out of order."""
+
+    code = "delivery_handshake_failed"
+    title = "Delivery handshake failed"
+
+
+class DeliveryClockSkew(DeliveryHandshakeFailed):
+    """Raised when a handshake timestamp is more than the allowed skew (30 s) from our clock."""
+
+    code = "delivery_clock_skew"
+    title = "Handshake timestamp outside the allowed clock skew"
+
+
+class FrameInvalid(InvalidInput):
+    """Raised when a delivery frame is malformed, too large, tampered, reordered or replayed."""
+
+    code = "frame_invalid"
+    title = "Invalid delivery frame"
+
+
+class StreamTruncated(FrameInvalid):
+    """Raised when a delivery stream ends without its final (``TAG_FINAL``) record."""
+
+    code = "stream_truncated"
+    title = "Delivery stream truncated"
+
+
+class BlockHashMismatch(InvalidInput):
+    """Raised when a delivered block (or the block hash list) does not match the commitment."""
+
+    code = "block_hash_mismatch"
+    title = "Block does not match its committed hash"
+
+
+class DeliveryObjectChanged(Unavailable):
+    """Raised when a registered file changed on disk (size or block hash) or escaped its folder."""
+
+    code = "delivery_object_changed"
+    title = "The object on disk no longer matches its commitment"
+
+
+class DeliveryBusy(Unavailable):
+    """Raised when a node refuses a delivery connection because its limits are reached."""
+
+    code = "delivery_busy"
+    title = "Node busy"
+
+
+class ReceiptInvalid(SignatureInvalid):
+    """Raised when a delivery receipt or confirmation is malformed or not signed by the expected key."""
+
+    code = "receipt_invalid"
+    title = "Invalid delivery receipt or confirmation"
