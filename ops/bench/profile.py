@@ -7,12 +7,15 @@ when already present, then measures in separate child processes:
 * baseline: a plain polars batched read of the same file with no analysis;
 * profile: the full profile (schema, PII, quality, hashing, description).
 
-Each child reports wall time, its CPU time and its own peak RSS (``ru_maxrss``), so the
-figures do not include the generator or the other run.
+Both read the same file through the same page cache; over ``--rounds`` the order alternates
+(baseline first in odd rounds, profile first in even ones), so neither always finds the
+cache warmed by the other. Each child reports wall time, its CPU time and its own peak RSS
+(``ru_maxrss``), so the figures do not include the generator or the other run. Only runs
+that succeed count; medians over them, and the ratio of the medians, are reported.
 
 Usage::
 
-    python ops/bench/profile.py [--path /tmp/aimarket-bench/profile-1g.csv] [--size-mb 1024]
+    python ops/bench/profile.py --rounds 5 [--path /tmp/aimarket-bench/profile-1g.csv] [--size-mb 1024]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -129,38 +133,79 @@ def generate(path: Path, size_mb: int) -> None:
 
 
 def _run_child(code: str, path: Path) -> dict:
+    """One measurement in a child process: its figures, or ``{"failed": ...}``."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env)
     if done.returncode:
-        raise SystemExit(f"child failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return {"failed": f"exit {done.returncode}", "stderr": done.stderr[-2000:]}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"failed": "no result line", "stderr": done.stderr[-2000:]}
+
+
+def _line(label: str, result: dict, size_mb: float) -> str:
+    seconds = result["seconds"]
+    return (f"{label:<9} rows {result['rows']:>12,}  {seconds:7.2f} s  {result['rows'] / seconds:>12,.0f} rows/s  "
+            f"{size_mb / seconds:7.1f} MB/s  cpu {result['cpu_seconds']:6.1f} s  "
+            f"peak RSS {result['peak_rss_kb'] / 1024:7.0f} MB")
 
 
 def main() -> None:
-    """Generate (or reuse) the file, run baseline and profile, print the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Generate (or reuse) the file, run baseline and profile in alternating order, print medians."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from ops.bench.common import add_common_args, wait_for_quiet
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, services=False)
     parser.add_argument("--path", default=DEFAULT_PATH)
     parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5, help="baseline/profile pairs, alternating order")
     args = parser.parse_args()
     path = Path(args.path)
     generate(path, args.size_mb)
     size_mb = path.stat().st_size / 1e6
-    results = {"baseline": _run_child(_CHILD_BASELINE, path), "profile": _run_child(_CHILD_PROFILE, path)}
-    print(f"file: {path}  {size_mb:,.0f} MB  cpus: {os.cpu_count()}")
-    for label, result in results.items():
-        seconds = result["seconds"]
-        print(f"{label:<9} rows {result['rows']:>12,}  {seconds:7.2f} s  "
-              f"{result['rows'] / seconds:>12,.0f} rows/s  {size_mb / seconds:7.1f} MB/s  "
-              f"cpu {result['cpu_seconds']:6.1f} s  peak RSS {result['peak_rss_kb'] / 1024:7.0f} MB")
-    ratio = results["profile"]["seconds"] / results["baseline"]["seconds"]
-    print(f"profile/baseline time ratio: {ratio:.2f}x")
+    wait_for_quiet(args.quiet_load, args.quiet_wait_s)
+    print(f"file: {path}  {size_mb:,.0f} MB  cpus: {os.cpu_count()}  load {os.getloadavg()[0]:.2f}", flush=True)
+    children = {"baseline": _CHILD_BASELINE, "profile": _CHILD_PROFILE}
+    results: dict[str, list[dict]] = {"baseline": [], "profile": []}
+    failures: dict[str, int] = {"baseline": 0, "profile": 0}
+    expected_rows = None
+    for n in range(1, args.rounds + 1):
+        order = ["baseline", "profile"] if n % 2 else ["profile", "baseline"]
+        for label in order:
+            result = _run_child(children[label], path)
+            if expected_rows is None and "rows" in result:
+                expected_rows = result["rows"]
+            if "failed" in result or result["rows"] != expected_rows:
+                failures[label] += 1
+                print(f"round {n} {label:<9} FAILED: {result.get('failed') or 'row count differs'}\n"
+                      f"{result.get('stderr', '')}", flush=True)
+                continue
+            results[label].append(result)
+            print(f"round {n} {_line(label, result, size_mb)}  load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"successful runs: baseline {len(results['baseline'])}/{args.rounds}, "
+          f"profile {len(results['profile'])}/{args.rounds}; failed: {failures}")
+    medians = {}
+    for label, runs in results.items():
+        if not runs:
+            continue
+        medians[label] = {key: statistics.median(r[key] for r in runs)
+                          for key in ("seconds", "cpu_seconds", "peak_rss_kb")}
+        medians[label]["rows"] = expected_rows
+        print(f"median   {_line(label, medians[label], size_mb)}")
+    if len(medians) == 2:
+        ratio = medians["profile"]["seconds"] / medians["baseline"]["seconds"]
+        print(f"profile/baseline median time ratio: {ratio:.2f}x")
     # Wall time suffers when other work shares the machine; CPU seconds (user + system,
     # including interpreter start-up and imports) are the steadier figure to compare.
-    load = os.getloadavg()[0]
-    print(f"load average at end: {load:.2f} on {os.cpu_count()} cpus")
-    print(f"profile: quality {results['profile']['quality']}, verdict {results['profile']['verdict']}, "
-          f"pii {results['profile']['pii']}")
+    print(f"load average at end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
+    if results["profile"]:
+        last = results["profile"][-1]
+        print(f"profile: quality {last['quality']}, verdict {last['verdict']}, pii {last['pii']}")
+    if failures["profile"] or failures["baseline"]:
+        raise SystemExit("some runs failed")
 
 
 if __name__ == "__main__":
