@@ -460,3 +460,24 @@ class ReceiptInvalid(SignatureInvalid):
 
     code = "receipt_invalid"
     title = "Invalid delivery receipt or confirmation"
+
+
+class DeliveryNotServed(NotFound):
+    """Raised when a node is asked for a listing it has no registered object for."""
+
+    code = "delivery_not_served"
+    title = "This node does not serve that listing"
+
+
+class DeliverySessionActive(Conflict):
+    """Raised when a delivery token already has a transfer running on the node (retry later)."""
+
+    code = "delivery_session_active"
+    title = "A transfer for this token is already running"
+
+
+class DeliveryTimeout(Unavailable):
+    """Raised when a delivery peer is idle too long or a transfer outlives its time bound."""
+
+    code = "delivery_timeout"
+    title = "Delivery timed out"
