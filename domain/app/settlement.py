@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from domain.app.money import RACING_ATTEMPTS
 from domain.app.service import Service
 from domain.model.errors import InvalidState, NotFound
 from domain.model.ids import NS_PLATFORM, natural_id
@@ -64,7 +65,7 @@ class SettlementService(Service):
             self.save(settlement)
             return settlement.to_public()
 
-        return self.retrying(command)
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def record_settlement_submitted(self, meta: dict, channel_id: str | UUID, *, tx_hash: str,
                                     nonce: int, raw_tx: str, gas: int) -> bool:
@@ -76,7 +77,7 @@ class SettlementService(Service):
                 self.save(settlement)
             return changed
 
-        return self.retrying(command)
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def record_settlement_failed(self, meta: dict, channel_id: str | UUID, *, reason: str,
                                  retryable: bool) -> bool:
@@ -87,7 +88,7 @@ class SettlementService(Service):
                 self.save(settlement)
             return changed
 
-        return self.retrying(command)
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def confirm_settlement(self, meta: dict, channel_id: str | UUID, *, tx_hash: str,
                            block_number: int) -> dict[str, Any]:
@@ -105,7 +106,7 @@ class SettlementService(Service):
             self.save(settlement, channel)
             return settlement.to_public()
 
-        return self.retrying(command)
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def _settlement(self, channel_id: str | UUID) -> Settlement:
         return self.load(Settlement, settlement_id_for(channel_id), "settlement")
