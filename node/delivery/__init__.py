@@ -1,0 +1,1 @@
+"""Peer-to-peer delivery on the node: the server (seller), the client (buyer), their store."""
