@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 from uuid import uuid4
 
 from domain.app.service import Service
@@ -16,18 +15,28 @@ from domain.model.index import Index
 from domain.model.keys import KxPublicKey, VerifyKey, b64url_decode
 from domain.model.principal import Principal
 
-if TYPE_CHECKING:
-    pass
-
 CHALLENGE_TTL_S = 300
 ENROLL_TYP = "enroll"
-NAME_RE = re.compile(r"^[\w .:@-]{1,64}$")
+# The patterns are published as they are in the OpenAPI document (ECMA-262 and Python agree on
+# them: ASCII classes only) and matched whole (``fullmatch``: no trailing newline slips by).
+NAME_PATTERN = r"^[A-Za-z0-9_ .:@-]{1,64}$"
+NAME_RE = re.compile(NAME_PATTERN)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+# http(s), a DNS name or IPv4 address (dot-separated labels) or a bracketed IPv6 literal, an
+# optional port 1..65535, an optional path; no user info, query or fragment.
+ENDPOINT_PATTERN = (rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]{{2,45}}\])(?::{_PORT})?"
+                    r"(?:/[A-Za-z0-9._~!\$&'()*+,;=:@%/-]*)?$")
+ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
+ENDPOINT_CHARS_MAX = 2048
+# Who sees a device's owner view: its own account's session or API key, or the device itself.
+OWNER_KINDS = ("session", "api_key")
 
 
 def check_endpoint(endpoint: Any) -> str:
-    parts = urlsplit(endpoint) if isinstance(endpoint, str) and len(endpoint) <= 2048 else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("endpoint must be an http(s) URL of the node", param="endpoint")
+    if not isinstance(endpoint, str) or len(endpoint) > ENDPOINT_CHARS_MAX or not ENDPOINT_RE.fullmatch(endpoint):
+        raise InvalidInput("endpoint must be an http(s) URL of the node: host, optional port and path, "
+                           "no user info, query or fragment", param="endpoint")
     return endpoint
 
 
@@ -60,8 +69,8 @@ class DeviceService(Service):
         public_key: str, kx_public_key: str, endpoint: str, signature: str,
     ) -> dict[str, Any]:
         """Register a node's public keys after checking the challenge and its signature."""
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise InvalidInput("name must be 1..64 letters, digits, spaces or .:@-", param="name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise InvalidInput("name must be 1..64 ASCII letters, digits, spaces or _.:@-", param="name")
         check_endpoint(endpoint)
         verify_key = _verify_key(public_key, "public_key")
         if not isinstance(kx_public_key, str):
@@ -83,7 +92,7 @@ class DeviceService(Service):
                             kid=kid, kx_public_key=kx_public_key, endpoint=endpoint)
             index = Index(id=natural_id(NS_DEVICE_KEY, kid), meta=meta, kind="device_key", target_id=str(device_id))
             self.save(device, index)
-            return device.to_public()
+            return device.owner_view()
 
         return self.retrying(command)
 
@@ -101,6 +110,15 @@ class DeviceService(Service):
 
     def device(self, device_id: str) -> Device:
         return self.load(Device, parse_uuid(device_id, param="device_id"), "device")
+
+    def device_view(self, device_id: str, who: Principal | None) -> dict[str, Any]:
+        """The owner's view for the device's account (session or API key) or the device itself;
+        the public view (id, status, keys) for anyone else, anonymous callers included."""
+        device = self.device(device_id)
+        owner = who is not None and (
+            (who.kind in OWNER_KINDS and who.account_id == device.account_id)
+            or (who.kind == "device" and who.device_id == str(device.id)))
+        return device.owner_view() if owner else device.public_view()
 
     def device_by_kid(self, kid: str) -> Device:
         try:
@@ -146,6 +164,6 @@ class DeviceService(Service):
             index = Index(id=natural_id(NS_DEVICE_KEY, new_key.key_id), meta=meta, kind="device_key",
                           target_id=device_id)
             self.save(device, index)
-            return device.to_public()
+            return device.owner_view()
 
         return self.retrying(command)

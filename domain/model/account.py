@@ -7,13 +7,14 @@ application layer hashes and encrypts (it holds the keys); the aggregate only st
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import event
 
 from domain.model.base import MarketAggregate
-from domain.model.errors import InvalidInput, InvalidState, NotFound
+from domain.model.errors import InsufficientScope, InvalidInput, InvalidState, NotFound
 
 ROLES = ("buyer", "seller", "auditor", "admin")
 SELF_SERVICE_ROLES = ("buyer", "seller")
@@ -26,6 +27,18 @@ def check_roles(roles: list[str], allowed: tuple[str, ...] = ROLES) -> list[str]
     if bad or not roles:
         raise InvalidInput(f"roles must be a non-empty subset of {list(allowed)}", param="roles")
     return sorted(set(roles))
+
+
+def check_scopes(scopes: Any, ceiling: Iterable[str]) -> list[str]:
+    """The scopes of a new API key or OAuth client, sorted and de-duplicated: role names
+    (else ``invalid_input``), each one the caller acts in and its account holds (``ceiling``;
+    else ``insufficient_scope``). An empty list is a credential that acts in no role."""
+    if not isinstance(scopes, list) or any(s not in ROLES for s in scopes):
+        raise InvalidInput(f"scopes must be a list of {list(ROLES)}", param="scopes")
+    beyond = sorted(set(scopes) - set(ceiling))
+    if beyond:
+        raise InsufficientScope(f"cannot grant scopes the caller does not hold: {beyond}", param="scopes")
+    return sorted(set(scopes))
 
 
 class Account(MarketAggregate):
@@ -83,15 +96,19 @@ class Account(MarketAggregate):
 
     # -- credentials (API keys, OAuth clients) --------------------------------------------
     def issue_credential(
-        self, meta: dict, *, kind: str, credential_id: str, name: str, secret_ciphertext: str, scopes: list[str]
+        self, meta: dict, *, kind: str, credential_id: str, name: str, secret_ciphertext: str,
+        scopes: list[str] | None, caller_roles: Iterable[str] | None = None,
     ) -> None:
+        """Record a new credential whose scopes never exceed the caller's roles (``caller_roles``,
+        default: the account's) nor the account's; ``scopes=None`` means all of those."""
         if kind not in CREDENTIAL_KINDS:
             raise InvalidInput(f"kind must be one of {CREDENTIAL_KINDS}", param="kind")
         if credential_id in self.credentials:
             raise InvalidState("credential id already used")
+        ceiling = sorted(set(self.roles) & set(self.roles if caller_roles is None else caller_roles))
         self._credential_issued(
-            meta=meta, kind=kind, credential_id=credential_id, name=name,
-            secret_ciphertext=secret_ciphertext, scopes=check_roles(scopes, tuple(self.roles)),
+            meta=meta, kind=kind, credential_id=credential_id, name=name, secret_ciphertext=secret_ciphertext,
+            scopes=check_scopes(ceiling if scopes is None else scopes, ceiling),
         )
 
     @event("CredentialIssued")

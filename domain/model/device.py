@@ -86,13 +86,23 @@ class Device(MarketAggregate):
     def _suspended(self, meta: dict, reason: str) -> None:
         self.suspended = True
 
-    def to_public(self) -> dict[str, Any]:
+    @property
+    def status(self) -> str:
+        return "suspended" if self.suspended else "active"
+
+    def public_view(self) -> dict[str, Any]:
+        """What a stranger needs to verify this device's signatures and seal data to it: its id,
+        status, current key ids and public keys, and every key with its validity."""
         return {
-            "id": str(self.id), "account_id": self.account_id, "name": self.name, "endpoint": self.endpoint,
-            "suspended": self.suspended, "kid": self.current_key["kid"],
+            "id": str(self.id), "status": self.status, "kid": self.current_key["kid"],
             "public_key": self.current_key["public_key"], "kx_public_key": self.current_key["kx_public_key"],
             "keys": [dict(k) for k in self.keys],
         }
+
+    def owner_view(self) -> dict[str, Any]:
+        """The public view plus what only the owner (its account, or the device itself) sees."""
+        return {**self.public_view(), "account_id": self.account_id, "name": self.name,
+                "endpoint": self.endpoint, "suspended": self.suspended}
 
 
 # -- what a node signs (protocol messages, shared by hub and node) ---------------------------

@@ -8,7 +8,14 @@ import pytest
 
 from domain.model.account import Account
 from domain.model.device import ROTATION_GRACE_S, Device
-from domain.model.errors import DeviceNotEnrolled, DeviceSuspended, InvalidInput, InvalidState, KeyExpired
+from domain.model.errors import (
+    DeviceNotEnrolled,
+    DeviceSuspended,
+    InsufficientScope,
+    InvalidInput,
+    InvalidState,
+    KeyExpired,
+)
 from domain.model.keyring import KEYRING_ID, Keyring
 from domain.model.money import Money
 
@@ -31,7 +38,7 @@ def test_every_event_carries_meta() -> None:
 
 def test_credential_scopes_cannot_exceed_roles() -> None:
     account = Account(id=uuid.uuid4(), meta=META, email="a@b.co", password_hash="h", roles=["buyer"])
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InsufficientScope):
         account.issue_credential(META, kind="api_key", credential_id="k1", name="n", secret_ciphertext="x",
                                  scopes=["admin"])
 
