@@ -1,4 +1,4 @@
-"""``aim-node``: the self-hosted node agent (keys, enrollment, profiling, publishing).
+"""``aim-node``: the self-hosted node agent (keys, enrollment, profiling, publishing, delivery).
 
 The passphrase comes from ``AIM_NODE_PASSPHRASE``, ``--passphrase-file`` or a prompt.
 The node's files live in ``--home`` (default ``AIM_NODE_HOME`` or ``~/.aim-node``).
@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from domain.model.blocks import DEFAULT_BLOCK_SIZE
 from domain.model.device import enrollment_message, rotation_message
 from domain.model.errors import InvalidInput, MarketError
 from domain.model.keys import SigningKey, b64url
 from node import keystore as ks
+from node.delivery import commands as delivery_commands
 from node.hub_client import HubClient, device_token
 
 EPILOG = """
@@ -27,6 +29,12 @@ first run:
   aim-node init                                   # make the device keys (asks a passphrase)
   aim-node enroll --hub http://127.0.0.1:8080 --api-key aim_...   # register them with the hub
   aim-node whoami                                 # a request signed by the device key
+
+delivery:
+  aim-node publish REPORT --file data.csv ...     # the listing commits to the file's blocks
+  aim-node serve                                  # serve registered files to token holders
+  aim-node purchase-key --out buyer.jwk           # buyer: a key per purchase (give the hub its jkt)
+  aim-node fetch --token t.jwt --key buyer.jwk --out data.csv --hub-key z6Mk...
 """
 
 
@@ -100,6 +108,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                             bearer=api_key)
     ks.save(store.with_enrollment(device_id=device["id"], hub_url=args.hub.rstrip("/")), _keystore_path(args),
             passphrase, **_kdf_limits())
+    (_home(args) / "endpoint").write_text(args.endpoint + "\n")
     _print({"enrolled": True, "device_id": device["id"], "kid": device["kid"], "hub": args.hub})
     return 0
 
@@ -153,11 +162,20 @@ def _device_client(args: argparse.Namespace) -> tuple[ks.Keystore, str, HubClien
 
 
 def _report_listing(args: argparse.Namespace) -> dict[str, Any]:
-    from node.publishing import listing_from_report
+    from node.publishing import delivery_commitment, listing_from_report
 
     report = json.loads(Path(args.report).read_text())
+    delivery = delivery_commitment(args.file, args.block_size) if args.file else None
     return listing_from_report(report, price_minor=args.price, currency=args.currency, licence=args.licence,
-                               category=args.category)
+                               category=args.category, delivery=delivery)
+
+
+def _register(args: argparse.Namespace, listing_id: str, listing: dict[str, Any]) -> None:
+    from node.publishing import register_object
+
+    if args.file:
+        register_object(_home(args), listing_id, args.file, block_size=args.block_size, root=args.data_root,
+                        expected=listing["delivery"])
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -166,7 +184,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     listing = _report_listing(args)
     store, _, client, token = _device_client(args)
     credential = publish_credential(store.signing_key, listing, args.listing_key)
-    _print(client.request("POST", "/v1/listings", credential, bearer=token))
+    published = client.request("POST", "/v1/listings", credential, bearer=token)
+    _register(args, published["id"], listing)
+    _print(published)
     return 0
 
 
@@ -176,7 +196,9 @@ def cmd_update(args: argparse.Namespace) -> int:
     listing = _report_listing(args)
     store, _, client, token = _device_client(args)
     credential = update_credential(store.signing_key, args.listing_id, listing)
-    _print(client.request("PUT", f"/v1/listings/{args.listing_id}", credential, bearer=token))
+    updated = client.request("PUT", f"/v1/listings/{args.listing_id}", credential, bearer=token)
+    _register(args, args.listing_id, listing)
+    _print(updated)
     return 0
 
 
@@ -195,6 +217,10 @@ def _offer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--currency", required=True, help="currency or token code, e.g. USD, USDC")
     parser.add_argument("--licence", required=True, help="licence identifier, e.g. CC-BY-4.0")
     parser.add_argument("--category", required=True, help="category slug, e.g. health")
+    parser.add_argument("--file", help="the file buyers receive: its block hashes go into the signed listing "
+                                       "and it is registered for `aim-node serve`")
+    parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="delivery block size (8 MiB)")
+    parser.add_argument("--data-root", help="folder the file must stay inside (default: its own folder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     delist.add_argument("listing_id")
     delist.add_argument("--reason", help="a short reason, kept in the log")
     delist.set_defaults(func=cmd_delist)
+    delivery_commands.add_commands(sub, load=_load, home=_home)
     return parser
 
 

@@ -1,18 +1,32 @@
-"""From a local profile report to a signed listing credential (metadata only).
+"""From a local profile report to a signed listing credential (metadata only), and the delivery
+registry entry for the file behind it.
 
 The report never holds a raw cell value, and this module keeps only what the hub's closed
 schema (``domain.model.listing_schema``) allows: titles, tags, column names and types, masked
 shapes, counts and shares, PII *kinds*, quality scores, the content hash and size. Column
 ``min``/``max`` are dropped (they are real values), as is anything the schema does not name.
+
+With a file to deliver, :func:`delivery_commitment` cuts it into blocks and the listing carries
+``delivery: {object_hash, size_bytes, blocks}`` inside the signed credential; after the hub
+accepts the listing, :func:`register_object` records listing id → file, folder and block hashes
+in ``<home>/delivery.sqlite``: the only files ``aim-node serve`` will send.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import re
 import secrets
+import stat
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from domain.model.blocks import DEFAULT_BLOCK_SIZE, BlockCommitment, check_block_size
+from domain.model.errors import InvalidInput
 from domain.model.keys import SigningKey
 from domain.model.listing_schema import EXAMPLE_FORMAT, PII_KINDS, unsigned_credential
 from domain.model.vc import sign_credential, xsd_datetime
@@ -64,7 +78,7 @@ def _quality(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def listing_from_report(report: dict[str, Any], *, price_minor: int, currency: str, licence: str,
-                        category: str) -> dict[str, Any]:
+                        category: str, delivery: dict[str, Any] | None = None) -> dict[str, Any]:
     """The publishable listing for a profile report (``node.profiling`` dataset or manifest).
 
     Args:
@@ -73,6 +87,7 @@ def listing_from_report(report: dict[str, Any], *, price_minor: int, currency: s
         currency: Currency or token code (``USD``, ``USDC``…).
         licence: Licence identifier, e.g. ``CC-BY-4.0``.
         category: Category slug, e.g. ``health``.
+        delivery: The file's :func:`delivery_commitment`, when the node delivers it.
     """
     tags = [t for t in dict.fromkeys(_slug(t) for t in report.get("tags", [])) if _SLUG.match(t)][:20]
     listing: dict[str, Any] = {
@@ -87,7 +102,66 @@ def listing_from_report(report: dict[str, Any], *, price_minor: int, currency: s
     for name in ("framework", "metering_unit"):
         if isinstance(report.get(name), str):
             listing[name] = report[name][:64]
+    if delivery is not None:
+        listing["delivery"] = delivery
     return listing
+
+
+def _regular_file(path: str | os.PathLike[str]) -> Path:
+    real = Path(os.path.realpath(path))
+    if not stat.S_ISREG(os.stat(real).st_mode):
+        raise InvalidInput(f"{path} is not a regular file; deliver one file (an archive for a folder)")
+    return real
+
+
+def file_blocks(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[int, str, list[bytes]]:
+    """``(size_bytes, object_hash, block hashes)`` of a file, read one block at a time."""
+    check_block_size(block_size)
+    whole, hashes, size = hashlib.sha256(), [], 0
+    with open(_regular_file(path), "rb") as handle:
+        while True:
+            block = handle.read(block_size)
+            if not block and hashes:
+                break
+            whole.update(block)
+            hashes.append(hashlib.sha256(block).digest())
+            size += len(block)
+            if len(block) < block_size:
+                break
+    return size, "sha256-" + base64.b64encode(whole.digest()).decode("ascii"), hashes
+
+
+def delivery_commitment(path: str | os.PathLike[str], block_size: int = DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
+    """The listing's ``delivery`` field for a file: object hash, size and block commitment."""
+    size, object_hash, hashes = file_blocks(path, block_size)
+    blocks = BlockCommitment.build(size, block_size, hashes)
+    return {"object_hash": object_hash, "size_bytes": size, "blocks": blocks.to_json()}
+
+
+def register_object(home: str | os.PathLike[str], listing_id: str, path: str | os.PathLike[str], *,
+                    block_size: int = DEFAULT_BLOCK_SIZE, root: str | os.PathLike[str] | None = None,
+                    expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Register ``path`` as the object served for ``listing_id`` (symlinks resolved now; the file
+    must stay inside ``root``, its folder by default). Returns its delivery commitment, which
+    must equal ``expected`` (the signed listing's) when given."""
+    from node.delivery.store import DeliveryStore, RegisteredObject
+
+    real = _regular_file(path)
+    folder = Path(os.path.realpath(root)) if root is not None else real.parent
+    if os.path.commonpath([real, folder]) != str(folder):
+        raise InvalidInput(f"{real} is not inside {folder}")
+    size, object_hash, hashes = file_blocks(real, block_size)
+    commitment = {"object_hash": object_hash, "size_bytes": size,
+                  "blocks": BlockCommitment.build(size, block_size, hashes).to_json()}
+    if expected is not None and expected != commitment:
+        raise InvalidInput("the file is not the one the listing commits to")
+    store = DeliveryStore(Path(home) / "delivery.sqlite")
+    try:
+        store.register(RegisteredObject(listing_id, str(real), str(folder), size, object_hash, block_size, hashes),
+                       time.time_ns() // 1_000_000)
+    finally:
+        store.close()
+    return commitment
 
 
 def _sign(key: SigningKey, subject: dict[str, Any], now: datetime | None) -> dict[str, Any]:

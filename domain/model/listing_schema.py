@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.model.blocks import COMMITMENT_SCHEMA
+
 VC_CONTEXT = ["https://www.w3.org/ns/credentials/v2", "https://aimarket.dev/ns/listing/v1"]
 VC_TYPE_LISTING = "ListingCredential"
 VC_TYPE_DELISTING = "DelistingCredential"
@@ -55,6 +57,11 @@ QUALITY = _closed(
     components={"type": "object", "maxProperties": 8, "propertyNames": {"pattern": "^[a-z_]{1,32}$"},
                 "additionalProperties": SCORE},
 )
+# How the object is delivered (optional, so listings published before it stay valid): the hash of
+# the delivered file's bytes (for a dataset folder, the listing's content_hash is a hash over
+# per-file digests, so the two differ), its size, and the block commitment (domain/model/blocks.py).
+DELIVERY = _closed(["object_hash", "size_bytes", "blocks"], object_hash=CONTENT_HASH, size_bytes=COUNT,
+                   blocks=COMMITMENT_SCHEMA)
 LISTING = _closed(
     ["title", "description", "kind", "category", "tags", "licence", "price_minor", "currency", "content_hash"],
     title={"type": "string", "minLength": 1, "maxLength": 200},
@@ -70,6 +77,7 @@ LISTING = _closed(
     pii=PII_SUMMARY, quality=QUALITY,
     framework={"type": "string", "maxLength": 64}, metering_unit={"type": "string", "pattern": "^[a-z][a-z0-9_]{0,39}$"},
     report_version={"type": "integer", "minimum": 0, "maximum": 1000},
+    delivery=DELIVERY,
 )
 PROOF = _closed(
     ["type", "cryptosuite", "created", "verificationMethod", "proofPurpose", "nonce", "proofValue"],

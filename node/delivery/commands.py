@@ -1,0 +1,136 @@
+"""The delivery commands of ``aim-node``: ``serve``, ``fetch`` and ``purchase-key``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from domain.model.delivery import jwk_thumbprint
+from domain.model.errors import InvalidInput
+from domain.model.keys import SigningKey, VerifyKey
+from node.delivery.keys import load_buyer_key, save_buyer_key
+from node.delivery.run import announce, hub_keys_from_discovery, parse_hub_keys, serve
+from node.delivery.server import ServerConfig
+from node.delivery.wire import parse_endpoint
+from node.hub_client import HubClient
+
+DEFAULT_LISTEN = "127.0.0.1:9090"
+
+
+def _hub_keys(args: argparse.Namespace, hub_url: str | None) -> dict[str, VerifyKey]:
+    if args.hub_key:
+        return parse_hub_keys(args.hub_key)
+    url = getattr(args, "hub", None) or hub_url
+    if not url:
+        raise InvalidInput("give the hub's signing key with --hub-key (or --hub URL to read it from the hub)")
+    return hub_keys_from_discovery(HubClient(url).request("GET", "/.well-known/ai-market.json"))
+
+
+def _listen(args: argparse.Namespace, home: Path) -> tuple[str, int]:
+    if args.listen:
+        return parse_endpoint(args.listen)
+    saved = home / "endpoint"
+    return parse_endpoint(saved.read_text().strip() if saved.exists() else DEFAULT_LISTEN)
+
+
+def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
+    store = load(args)
+    if not store.device_id:
+        raise InvalidInput("this node is not enrolled yet: run `aim-node enroll` first")
+    keys = [store.signing_key] + ([store.previous_signing_key] if store.previous_signing_key else [])
+    config = ServerConfig(device_id=store.device_id, device_keys=keys, hub_keys=_hub_keys(args, store.hub_url),
+                          max_connections=args.max_connections, max_per_client=args.max_per_client,
+                          idle_timeout_s=args.idle_timeout, max_transfer_s=args.max_transfer,
+                          max_resumes=args.max_resumes, max_rate_bps=args.max_rate)
+    host, port = _listen(args, home)
+    asyncio.run(serve(config, home, host, port, ready=announce))
+    return 0
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (no dependency: pyproject and its lock stay as they are)."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.started = stream, time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        share = done / total if total else 1.0
+        filled = int(share * self.WIDTH)
+        rate = done / max(time.monotonic() - self.started, 1e-6) / 2**20
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:6.1%} "
+                          f"{done / 2**20:,.1f}/{total / 2**20:,.1f} MiB verified, {rate:,.1f} MiB/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_fetch(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
+    from node.delivery.client import fetch
+
+    token = Path(args.token).read_text().strip()
+    buyer_key = load_buyer_key(args.key)
+    hub_keys = _hub_keys(args, None)
+    bar = ProgressBar(sys.stderr) if not args.no_progress and sys.stderr.isatty() else None
+    try:
+        result = fetch(token, args.out, buyer_key, hub_keys, seller=args.seller, retries=args.retries, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    proof = Path(args.receipt or f"{args.out}.receipt.json")
+    proof.write_text(json.dumps({"receipt": result.receipt, "confirmation": result.confirmation}, indent=2) + "\n")
+    outcome = result.receipt["credentialSubject"]["outcome"] if result.receipt else None
+    print(json.dumps({"fetched": str(result.path), "size_bytes": result.size_bytes, "attempts": result.attempts,
+                      "receipt": str(proof), "outcome": outcome}, indent=2))
+    return 0
+
+
+def cmd_purchase_key(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
+    key = SigningKey.generate()
+    save_buyer_key(key, args.out)
+    print(json.dumps({"key_file": args.out, "jkt": jwk_thumbprint(key.verify_key),
+                      "public_key": key.verify_key.to_multibase()}, indent=2))
+    return 0
+
+
+def add_commands(sub: Any, *, load: Callable[[argparse.Namespace], Any],
+                 home: Callable[[argparse.Namespace], Path]) -> None:
+    """Add the delivery sub-commands to ``aim-node``'s parser."""
+
+    def bind(func: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
+        return lambda args: func(args, load, home(args))
+
+    serve_p = sub.add_parser("serve", help="serve registered files to holders of delivery tokens (P2P)")
+    serve_p.add_argument("--listen", help="host:port (default: the endpoint given at enrollment, or 127.0.0.1:9090)")
+    serve_p.add_argument("--hub-key", action="append", help="trusted hub signing key, [KID=]z6Mk… (repeatable; "
+                                                             "default: read from the enrolled hub)")
+    serve_p.add_argument("--max-connections", type=int, default=64)
+    serve_p.add_argument("--max-per-client", type=int, default=8, help="connections per client address")
+    serve_p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds a peer may stay silent")
+    serve_p.add_argument("--max-transfer", type=float, default=6 * 3600.0, help="seconds one transfer may last")
+    serve_p.add_argument("--max-resumes", type=int, default=16)
+    serve_p.add_argument("--max-rate", type=int, help="bytes per second per transfer (default: unlimited)")
+    serve_p.set_defaults(func=bind(cmd_serve))
+    fetch_p = sub.add_parser("fetch", help="buyer: fetch a purchased object straight from the seller's node")
+    fetch_p.add_argument("--token", required=True, help="file holding the delivery token")
+    fetch_p.add_argument("--out", required=True, help="where to write the object (OUT.partial while running)")
+    fetch_p.add_argument("--key", required=True, help="the per-purchase key file (`aim-node purchase-key`)")
+    fetch_p.add_argument("--seller", help="host:port of the seller's node (default: the token's endpoint)")
+    fetch_p.add_argument("--hub-key", action="append", help="trusted hub signing key, [KID=]z6Mk… (repeatable)")
+    fetch_p.add_argument("--hub", help="hub URL to read its signing key from instead")
+    fetch_p.add_argument("--retries", type=int, default=8, help="reconnections after a drop (resumes)")
+    fetch_p.add_argument("--receipt", help="where to write the receipt and confirmation (OUT.receipt.json)")
+    fetch_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch_p.set_defaults(func=bind(cmd_fetch))
+    key_p = sub.add_parser("purchase-key", help="buyer: make a per-purchase key; give the hub its jkt")
+    key_p.add_argument("--out", required=True, help="key file to create (mode 0600)")
+    key_p.set_defaults(func=bind(cmd_purchase_key))
