@@ -184,9 +184,23 @@ class _Fetch:
                 await send(writer, sealer.seal(fr.ERROR, fr.problem(exc.code, exc.detail)), self.idle)
                 raise
             await asyncio.to_thread(self.partial.write_block, index, bytes(buffer))
-            await send(writer, sealer.seal(fr.ACK, u32(index + 1)), self.idle)
+            try:
+                await send(writer, sealer.seal(fr.ACK, u32(index + 1)), self.idle)
+            except OSError:
+                await self._refusal(reader, opener)
+                raise
             if self.progress:
                 self.progress(min(size, (index + 1) * block_size), size)
+
+    async def _refusal(self, reader: asyncio.StreamReader, opener: fr.FrameOpener) -> None:
+        """Our write failed: the node may have said why just before it closed; raise that if so."""
+        try:
+            while True:
+                await read_record(reader, opener, 2.0)
+        except DeliveryRefused:
+            raise
+        except (MarketError, OSError):
+            return
 
     def _confirmation(self, session: Session) -> dict[str, Any]:
         c = self.claims

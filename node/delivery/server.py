@@ -149,6 +149,20 @@ class DeliveryServer:
         except (ConnectionError, OSError, asyncio.IncompleteReadError, MarketError):
             pass
         finally:
+            await self._linger(reader, writer)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Close gracefully: FIN after our last frame, then drop what the peer still sends (for at
+        most 2 s), so unread input does not turn the close into a reset that loses our error frame."""
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(2.0):
+                while await reader.read(65536):
+                    pass
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
             writer.close()
 
     async def _alert(self, writer: asyncio.StreamWriter, exc: MarketError) -> None:
