@@ -291,8 +291,12 @@ class DeliveryServer:
     def _reserve(self, t: _Transfer, end: int) -> None:
         now = self.clock_ms()
         if t.session_no is None:
-            t.session_no = self.store.begin_session(t.claims, t.jkt, start=t.start, first_end=end, now_ms=now,
-                                                    max_resumes=self.config.max_resumes)
+            try:
+                t.session_no = self.store.begin_session(t.claims, t.jkt, start=t.start, first_end=end, now_ms=now,
+                                                        max_resumes=self.config.max_resumes)
+            except (DeliveryTokenBound, DeliveryResumeLimit) as exc:
+                self._refusal(t, exc)
+                raise
             if t.session_no == 1:
                 c = t.claims
                 self.outbox.append("redemption", {"jti": c.jti, "purchase_id": c.sub, "listing_id": c.listing_id,
