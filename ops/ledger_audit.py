@@ -7,7 +7,10 @@ events together, and the rules hold between commands, not between a ``Settled`` 
 ``ledger.check_balances`` (each currency sums to zero, no channel or payable below zero).
 Finally the balances read model (``ledger_balances``) must equal what the log gives up to
 the position that projection has reached, so a read model that drifted from the log (a
-bug, a hand edit) is caught. Memory grows with the number of channels, not of events.
+bug, a hand edit) is caught. Each ``Debited`` fee must follow the fee rule: the cumulative
+one (``debit_fee``), or, for debits recorded before it, the older per-debit rounding
+(``fee_for(amount)``); the recorded fee is what counts either way, never recomputed.
+Memory grows with the number of channels, not of events.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from domain.model import ledger
-from domain.model.channel import Channel
+from domain.model.channel import Channel, debit_fee, fee_for
 from domain.model.ledger import ChannelRef, LedgerInvariantViolated, Posting
 from domain.model.payout import SellerPayouts
 
@@ -59,8 +62,11 @@ class LedgerAudit:
 
     def _channel_event(self, position: int, event: Any) -> list[Posting]:
         channel_id = str(event.originator_id)
+        before = self.channels.get(channel_id)
+        if isinstance(event, Channel.Debited) and before is not None:
+            self._check_fee(position, before, event)
         try:
-            channel = event.mutate(self.channels.get(channel_id))
+            channel = event.mutate(before)
         except Exception as exc:  # noqa: BLE001 - report, do not stop the audit
             self.problems.append(f"position {position}: channel {channel_id} does not replay: {exc!r}")
             return []
@@ -75,6 +81,17 @@ class LedgerAudit:
         except Exception as exc:  # noqa: BLE001 - a malformed event: report, do not stop the audit
             self.problems.append(f"position {position}: channel {channel_id}: no postings: {exc!r}")
             return []
+
+    def _check_fee(self, position: int, channel: Channel, event: Any) -> None:
+        try:
+            rules = (debit_fee(channel.spent_minor, event.amount_minor, channel.fee_bps),
+                     fee_for(event.amount_minor, channel.fee_bps))  # the cumulative rule; the older one
+        except Exception as exc:  # noqa: BLE001 - a malformed event: report, do not stop the audit
+            self.problems.append(f"position {position}: channel {channel.id}: fee not checkable: {exc!r}")
+            return
+        if event.fee_minor not in rules:
+            self.problems.append(f"position {position}: channel {channel.id}: debit fee {event.fee_minor} is not "
+                                 f"the fee rule's {rules[0]} (nor the older per-debit {rules[1]})")
 
     def _check_due(self) -> None:
         assert self._due is not None

@@ -3,8 +3,11 @@
 A channel is funded on one rail, fixed at open: ``chain`` (an ERC-20 deposit in the
 Channels contract, credited only from the contract's own event) or ``card`` (a Stripe
 PaymentIntent, credited only from its verified ``payment_intent.succeeded`` webhook).
-The fee (basis points) is snapshotted at open; each debit's fee is rounded down, so the
-sum of fees never exceeds what the contract allows (``fee*10000 <= cumulative*fee_bps``).
+The fee (basis points) is snapshotted at open and taken on the channel's cumulative spend:
+a debit's fee is what it adds to ``floor(spent * fee_bps / 10000)`` (``debit_fee``), so a
+channel's fees always add up to exactly that (micro-debits included) and pass the contract's
+check (``fee*10000 <= cumulative*fee_bps``). Each ``Debited`` records its fee; replays never
+recompute it (debits recorded under the older per-debit rounding keep theirs).
 
 On chain channels every debit carries the buyer's EIP-712 cumulative voucher (checked by
 the caller); the hub refuses a debit that would leave more than ``unsigned_allowance_minor``
@@ -53,8 +56,18 @@ def parse_card_refund_key(key: object) -> tuple[UUID, str] | None:
 
 
 def fee_for(amount_minor: int, fee_bps: int) -> int:
-    """The fee on one debit, rounded down (the buyer never pays more than the rate)."""
+    """``floor(amount * fee_bps / 10000)``: the fee on a cumulative amount (the contract's bound)."""
     return amount_minor * fee_bps // BPS_DENOMINATOR
+
+
+def debit_fee(spent_before_minor: int, amount_minor: int, fee_bps: int) -> int:
+    """One debit's fee: what it adds to the fee on the channel's cumulative spend.
+
+    ``fee_for(before + amount) - fee_for(before)``: the fees of a channel's debits sum to
+    ``fee_for(spent)`` exactly, so 1-unit debits at 5 % pay 1 unit every 20th debit instead of
+    never. Always within ``0..amount`` (one unit at most above the debit's own share).
+    """
+    return fee_for(spent_before_minor + amount_minor, fee_bps) - fee_for(spent_before_minor, fee_bps)
 
 
 class Channel(MarketAggregate):
@@ -191,7 +204,8 @@ class Channel(MarketAggregate):
                 self._voucher_recorded(meta=meta, cumulative_minor=voucher["cumulative_minor"],
                                        signature=voucher["signature"])
         self.trigger_event(self.Debited, meta=meta, amount_minor=amount_minor,
-                           fee_minor=fee_for(amount_minor, self.fee_bps), seller_account_id=seller_account_id,
+                           fee_minor=debit_fee(self.spent_minor, amount_minor, self.fee_bps),
+                           seller_account_id=seller_account_id,
                            purpose=purpose, idempotency_key=key, request_hash=request_hash, at_s=now_s)
         return {**self.debits[key]["result"], "replayed": False}
 

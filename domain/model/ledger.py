@@ -69,7 +69,9 @@ def funded(ref: ChannelRef, amount_minor: int) -> list[Posting]:
 
 
 def debited(ref: ChannelRef, amount_minor: int, fee_minor: int, seller_account_id: str) -> list[Posting]:
-    """The buyer pays a seller from the channel; the platform keeps the fee."""
+    """The buyer pays a seller from the channel; the platform keeps the fee (``0..amount``)."""
+    if not 0 <= fee_minor <= amount_minor:
+        raise LedgerInvariantViolated(f"debit fee {fee_minor} outside 0..{amount_minor}")
     return _checked([
         Posting(channel_account(ref), ref.currency, -amount_minor),
         Posting(seller_payable(seller_account_id), ref.currency, amount_minor - fee_minor),

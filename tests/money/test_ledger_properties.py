@@ -1,7 +1,9 @@
 """Property test: random sequences of opens, top-ups, debits, closes, expiries, settlements,
 refunds and card refunds sent or refused; after every step the ledger balances to zero per
 currency, no channel or payable is below zero, settled <= voucher <= deposit holds on every
-channel, and card refunds never exceed the refund nor any intent what it paid."""
+channel, card refunds never exceed the refund nor any intent what it paid, and each channel's
+fee is exactly ``floor(total * fee_bps / 10000)`` of what it spent (or settled), with the
+sellers' shares + the fee == the spend."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from domain.model import ledger
-from domain.model.channel import Channel, fee_for
+from domain.model.channel import Channel, debit_fee, fee_for
 from domain.model.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
 from domain.model.ledger import ChannelRef, LedgerInvariantViolated
 
@@ -30,6 +32,8 @@ class ChannelMachine(RuleBasedStateMachine):
         self.refs: dict[str, ChannelRef] = {}
         self.balances: dict[tuple[str, str], int] = defaultdict(int)
         self.acknowledged: dict[str, int] = defaultdict(int)  # channel -> sum of debits answered
+        self.fees: dict[str, int] = defaultdict(int)  # channel -> its postings to platform:fees
+        self.sellers: dict[str, int] = defaultdict(int)  # channel -> its postings to seller payables
         self.keys: dict[str, tuple[str, int, str]] = {}
         self.now = NOW
         self.serial = 0
@@ -41,6 +45,10 @@ class ChannelMachine(RuleBasedStateMachine):
             ledger.check_balanced(postings)
             for p in postings:
                 self.balances[(p.account, p.currency)] += p.amount_minor
+                if p.account == ledger.PLATFORM_FEES:
+                    self.fees[str(channel.id)] += p.amount_minor
+                elif p.account.startswith("seller:") and type(event).__name__ == "Debited":
+                    self.sellers[str(channel.id)] += p.amount_minor
 
     def _open(self, rail: str, deposit: int, fee_bps: int, allowance: int) -> None:
         self.serial += 1
@@ -61,7 +69,8 @@ class ChannelMachine(RuleBasedStateMachine):
     def first(self) -> None:
         self._open("card", 1000, 500, 0)
 
-    @rule(rail=st.sampled_from(["card", "chain"]), deposit=st.integers(0, 5000), fee_bps=st.sampled_from([0, 500, 999]),
+    @rule(rail=st.sampled_from(["card", "chain"]), deposit=st.integers(0, 5000),
+          fee_bps=st.sampled_from([0, 500, 999]) | st.integers(0, 10_000),
           allowance=st.sampled_from([0, 0, 50]))
     def open(self, rail: str, deposit: int, fee_bps: int, allowance: int) -> None:
         self._open(rail, deposit, fee_bps, allowance)
@@ -110,7 +119,7 @@ class ChannelMachine(RuleBasedStateMachine):
             assert channel.spent_minor == before  # a retry never charges twice
         else:
             assert channel.spent_minor == before + amount
-            assert result["fee_minor"] == fee_for(amount, channel.fee_bps)
+            assert result["fee_minor"] == debit_fee(before, amount, channel.fee_bps)
             self.acknowledged[str(channel.id)] += amount
         self._apply(channel)
 
@@ -162,6 +171,10 @@ class ChannelMachine(RuleBasedStateMachine):
             channel.check_invariants()
             cid = str(channel.id)
             assert channel.spent_minor == self.acknowledged[cid]
+            assert channel.fee_minor == fee_for(channel.spent_minor, channel.fee_bps)  # exact, micro-debits too
+            assert self.sellers[cid] + channel.fee_minor == channel.spent_minor
+            total = channel.settled_minor if channel.status == "settled" else channel.spent_minor
+            assert self.fees[cid] == fee_for(total, channel.fee_bps)  # what the platform keeps of this channel
             account = ledger.channel_account(self.refs[cid])
             refused = sum(r["amount_minor"] for r in channel.card_refunds.values() if r["status"] == "failed")
             expected = refused if channel.status == "settled" else channel.deposit_minor - channel.spent_minor
