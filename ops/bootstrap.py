@@ -22,7 +22,7 @@ from typing import Any
 from domain.app.debit_batcher import DebitBatcher
 from domain.app.marketplace import Marketplace, utcnow
 from domain.app.money import MoneyConfig
-from domain.model.ports import SettleChain, SettlementQueue
+from domain.model.ports import SettleChain, SettlementLease, SettlementQueue
 from domain.model.secrets import PlatformSecrets
 from ops.adapters.evm.lazy import LazyChain
 from ops.adapters.locks import FileRunnerLock, PgRunnerLock
@@ -51,6 +51,15 @@ class Runtime:
         from ops.adapters.evm.settle_txs import SettleClient
 
         return SettleClient(self.chain())
+
+    def settlement_lease(self) -> SettlementLease:
+        """One settlement worker per channel at a time: advisory locks on PostgreSQL, file
+        locks embedded (``ops.adapters.settle_lease``)."""
+        from ops.adapters.settle_lease import FileLease, PgLease
+
+        if self.settings.embedded:
+            return FileLease(Path(self.settings.data_dir) / "locks" / "settlements")
+        return PgLease(self.settings.pg_conninfo())
 
     def runners(self) -> list[ProjectionRunner]:
         return [make_runner(self, p) for p in all_projections()]

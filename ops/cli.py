@@ -74,6 +74,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     runtime = _runtime()
     try:
         report = verify_log(runtime.market, runtime.views)
+        if args.chain:  # the ledger against the contract, channel by channel (ops.chain_audit)
+            from ops.chain_audit import verify_chain
+
+            report["chain"] = verify_chain(runtime.market, runtime.chain())
+            report["problems"] = report["problems"] + report["chain"]["problems"]
+            report["ok"] = report["ok"] and report["chain"]["ok"]
     finally:
         runtime.close()
     print(json.dumps(report, indent=2))
@@ -148,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     audit = sub.add_parser("audit", help="verify the event log; rebuild read models").add_subparsers(
         dest="audit_command", required=True)
-    audit.add_parser("verify", help="walk the whole log and check it").set_defaults(func=cmd_audit_verify)
+    verify = audit.add_parser("verify", help="walk the whole log and check it")
+    verify.add_argument("--chain", action="store_true",
+                        help="also check every chain channel's ledger against the contract (settled <=> settled, "
+                             "same amounts paid)")
+    verify.set_defaults(func=cmd_audit_verify)
     replay = audit.add_parser("replay", help="rebuild read models from position 0")
     replay.add_argument("--projection", help="only this projection")
     replay.set_defaults(func=cmd_audit_replay)

@@ -254,6 +254,13 @@ def channels_due(db: Any, now_s: int, margin_s: int, limit: int = 500) -> list[d
         (now_s + margin_s, limit))
 
 
+def chain_channels_settling(db: Any, after: str = "", limit: int = 500) -> list[dict[str, Any]]:
+    """Chain channels closing or settled, by id after ``after`` (a page of the reconcile sweep)."""
+    return db.fetchall(
+        "SELECT channel_id, status FROM money_channels WHERE rail = 'chain' AND status IN ('closing', 'settled')"
+        " AND channel_id > ? ORDER BY channel_id LIMIT ?", (after, limit))
+
+
 def card_refunds_due(db: Any, limit: int = 500) -> list[dict[str, Any]]:
     """Settled card channels whose refund has parts not yet sent to Stripe (nor refused)."""
     return db.fetchall(

@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 import structlog
 
-from workers import payouts, refunds, settlement
+from workers import payouts, refunds, settlement, settlement_reconcile
 from workers.cron import Schedule
 from workers.runtime import RuntimeMiddleware, WorkerRuntime, retry_rule
 
@@ -25,6 +25,7 @@ PAYOUT_SWEEP_EVERY_S = 3600
 # Often enough that a refund interrupted after Stripe's answer is retried well within the
 # 24 h Stripe keeps an idempotency key (a retry then returns the same refund).
 REFUND_SWEEP_EVERY_S = 600
+RECONCILE_EVERY_S = 600  # ledger vs contract for every closing or settled chain channel
 
 
 class Jobs:
@@ -56,6 +57,8 @@ class Jobs:
                                     max_backoff=300_000)
         self.sweep_settlements = actor(lambda: settlement.sweep_settlements(rt(), self.settle_channel.send),
                                        "sweep_settlements", settlement.SETTLE_QUEUE, 3)
+        self.reconcile_settlements = actor(lambda: settlement_reconcile.reconcile_settlements(rt()),
+                                           "reconcile_settlements", settlement.SETTLE_QUEUE, 3)
 
 
 def _sweep_nonces(runtime: WorkerRuntime) -> None:
@@ -68,4 +71,5 @@ def schedules(jobs: Jobs) -> list[Schedule]:
     return [Schedule("sweep_nonces", NONCE_SWEEP_EVERY_S, jobs.sweep_nonces.send),
             Schedule("sweep_settlements", SETTLEMENT_SWEEP_EVERY_S, jobs.sweep_settlements.send),
             Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.sweep_payouts.send),
-            Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.sweep_refunds.send)]
+            Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.sweep_refunds.send),
+            Schedule("reconcile_settlements", RECONCILE_EVERY_S, jobs.reconcile_settlements.send)]

@@ -18,7 +18,7 @@ from domain.model.errors import MarketError, Unavailable
 
 if TYPE_CHECKING:
     from domain.app.marketplace import Marketplace
-    from domain.model.ports import NonceStore, SettleChain, ViewDB
+    from domain.model.ports import NonceStore, SettleChain, SettlementLease, ViewDB
 
 log = structlog.get_logger("workers")
 
@@ -31,6 +31,8 @@ class WorkerRuntime(Protocol):
     nonces: NonceStore
 
     def settle_chain(self) -> SettleChain: ...
+
+    def settlement_lease(self) -> SettlementLease: ...
 
 
 class RuntimeMiddleware(dramatiq.Middleware):

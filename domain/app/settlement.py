@@ -4,17 +4,14 @@ calls these around its outside calls; none of them talks to the chain."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from domain.app.money import RACING_ATTEMPTS
 from domain.app.service import Service
 from domain.model.errors import InvalidState, NotFound
 from domain.model.ids import NS_PLATFORM, natural_id
-from domain.model.settlement import Settlement, check_split
-
-if TYPE_CHECKING:
-    pass
+from domain.model.settlement import Settlement, chain_mismatches, check_split
 
 NS_SETTLEMENT = natural_id(NS_PLATFORM, "chain-settlement")
 
@@ -80,10 +77,15 @@ class SettlementService(Service):
         return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def record_settlement_failed(self, meta: dict, channel_id: str | UUID, *, reason: str,
-                                 retryable: bool) -> bool:
+                                 retryable: bool, tx_hash: str | None = None) -> bool:
+        """Record that the attempt (no ``tx_hash``) or the live transaction cannot succeed.
+
+        Raises:
+            InvalidState: a transaction is live (follow it), or ``tx_hash`` is not the live one.
+        """
         def command() -> bool:
             settlement = self._settlement(channel_id)
-            changed = settlement.fail(meta, reason=reason, retryable=retryable)
+            changed = settlement.fail(meta, reason=reason, retryable=retryable, tx_hash=tx_hash)
             if changed:
                 self.save(settlement)
             return changed
@@ -93,9 +95,23 @@ class SettlementService(Service):
     def confirm_settlement(self, meta: dict, channel_id: str | UUID, *, tx_hash: str,
                            block_number: int) -> dict[str, Any]:
         """The chain mined our settle transaction: Confirmed + channel Settled/Refunded, one save."""
+        return self._confirm(meta, channel_id, lambda s: s.confirm(meta, tx_hash=tx_hash, block_number=block_number))
+
+    def adopt_settlement(self, meta: dict, channel_id: str | UUID, *, tx_hash: str, block_number: int,
+                         paid: dict[str, Any]) -> dict[str, Any]:
+        """The contract was settled by a transaction no worker recorded, paying exactly this
+        settlement's split: confirm by it (+ channel Settled/Refunded, one save).
+
+        Raises:
+            InvalidState: it paid something else (flag it for an operator instead).
+        """
+        return self._confirm(meta, channel_id, lambda s: s.adopt(meta, tx_hash=tx_hash, block_number=block_number,
+                                                                 paid=paid))
+
+    def _confirm(self, meta: dict, channel_id: str | UUID, decide: Any) -> dict[str, Any]:
         def command() -> dict[str, Any]:
             settlement = self._settlement(channel_id)
-            if not settlement.confirm(meta, tx_hash=tx_hash, block_number=block_number):
+            if not decide(settlement):
                 return settlement.to_public()
             channel = self.market.money.channel(channel_id)
             channel.settle(meta, settlement_ref=settlement.tx_hash)
@@ -107,6 +123,48 @@ class SettlementService(Service):
             return settlement.to_public()
 
         return self.retrying(command, attempts=RACING_ATTEMPTS)
+
+    def flag_settlement(self, meta: dict, channel_id: str | UUID, *, reason: str) -> bool:
+        """Record an alert the reconcile sweep cannot resolve (visible on the settlement)."""
+        def command() -> bool:
+            settlement = self._settlement(channel_id)
+            changed = settlement.flag(meta, reason=reason)
+            if changed:
+                self.save(settlement)
+            return changed
+
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
+
+    def ledger_vs_chain(self, channel_id: str | UUID, chain_status: str,
+                        record: dict[str, Any] | None) -> list[str]:
+        """How a chain channel's ledger disagrees with the contract (empty: it agrees).
+
+        ``chain_status``: the contract's status of the channel; ``record``: how it settled
+        (``SettleChain.settled_record``) when it did. Settled on chain by a transaction
+        (``settlement_ref``) in the ledger <=> settled in the contract, by the same
+        transaction, paying the same cumulative, fee, refund and per-wallet shares; a
+        deposit the buyer reclaimed on chain is not still held in the ledger.
+        """
+        channel = self.market.money.channel(channel_id)
+        ledger_settled = channel.status == "settled" and channel.settlement_ref not in ("", "internal")
+        if chain_status == "none":
+            return ["the contract has no such channel"]
+        if chain_status == "settled" and not ledger_settled:
+            how = "settled internally" if channel.status == "settled" else channel.status
+            return [f"the contract settled it (tx {record and record['tx_hash']}) but the ledger says {how}"]
+        if ledger_settled and chain_status != "settled":
+            return [f"the ledger says settled by {channel.settlement_ref} but the contract says {chain_status}"]
+        if chain_status == "reclaimed" and channel.status != "settled":
+            return [f"the buyer reclaimed the deposit on chain but the ledger still holds it ({channel.status})"]
+        if not ledger_settled or record is None:
+            return []
+        found = [] if record["tx_hash"] == channel.settlement_ref else [
+            f"settled on chain by {record['tx_hash']}, the ledger names {channel.settlement_ref}"]
+        split = channel.settlement_split()
+        paid = {"cumulative_minor": channel.settled_minor, "fee_minor": split["fee_minor"],
+                "refund_minor": channel.refunded_minor,
+                "payees": [[self.market.money.wallet_of(s), a] for s, a in split["seller_amounts"].items() if a]}
+        return found + chain_mismatches(paid, record)
 
     def _settlement(self, channel_id: str | UUID) -> Settlement:
         return self.load(Settlement, settlement_id_for(channel_id), "settlement")

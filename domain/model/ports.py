@@ -139,6 +139,22 @@ class SettleChain(Protocol):
 
     def broadcast(self, raw_tx: str) -> None: ...
 
+    def settled_record(self, chain_channel_id: str, known: Sequence[str] = (),
+                       from_block: int = 0) -> dict[str, Any] | None:
+        """How the contract settled the channel (``tx_hash``, ``block_number``,
+        ``cumulative_minor``, ``fee_minor``, ``refund_minor``, ``payees`` as ``[[address,
+        amount], ...]``), from its ``ChannelSettled`` log; None if it never settled.
+        ``known`` transactions are looked at first; the logs are searched from ``from_block``."""
+
+
+class SettlementLease(Protocol):
+    """Lets one settlement worker at a time act on a channel, across processes and hosts;
+    a holder that dies (killed, its host gone) loses the lease with its session."""
+
+    def hold(self, name: str, wait_s: float) -> AbstractContextManager[None]:
+        """Hold the lease ``name`` for the block; raise ``Unavailable`` if another holder
+        kept it for ``wait_s`` seconds (retry later)."""
+
 
 # -- debit sequencing (hot path) -------------------------------------------------------------
 class DebitRouter(Protocol):

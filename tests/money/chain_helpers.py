@@ -17,6 +17,7 @@ from domain.model.wallet import wallet_message
 from ops.adapters.evm import wallet
 from ops.adapters.evm.deploy import contract
 from ops.adapters.evm.evm import Chain
+from ops.adapters.evm.txs import fee_fields, pending_nonce, send_signed, wait_receipt
 from tests.money.conftest import person
 
 BUYER_MINT = 5_000_000
@@ -89,3 +90,13 @@ def settle_logs(chain: Chain, channels_address: str, chain_cid: str) -> list[Any
 def withdraw_all(hub: Any, *addresses: str) -> None:
     for address in addresses:
         hub.wait(hub.withdraw_for(address))
+
+
+def funded_key(chain: Chain, funder: LocalAccount, wei: int = 10**17) -> LocalAccount:
+    """A fresh wallet with some ETH for gas (a wallet binds to one account only: tests that
+    share a chain need new ones)."""
+    key = Account.create()
+    tx = {"to": key.address, "value": wei, "gas": 21_000, "chainId": int(chain.w3.eth.chain_id),
+          "nonce": pending_nonce(chain.w3, funder.address), "type": 2, **fee_fields(chain.w3)}
+    wait_receipt(chain, send_signed(chain, funder, tx))
+    return key

@@ -266,7 +266,11 @@ def test_settlement_aggregate_allows_one_live_transaction() -> None:
         s.submit(meta, tx_hash="0xbb", nonce=8, raw_tx="0x02", gas=1)
     with pytest.raises(InvalidState):
         s.confirm(meta, tx_hash="0xcc", block_number=3)
-    s.fail(meta, reason="nonce 7 used by another transaction", retryable=True)
+    with pytest.raises(InvalidState):  # not the attempt's failure while a transaction is live (it may be mined)
+        s.fail(meta, reason="dry run: channel not open", retryable=False)
+    with pytest.raises(InvalidState):  # a verdict names the live transaction
+        s.fail(meta, reason="reverted", retryable=False, tx_hash="0xbb")
+    s.fail(meta, reason="nonce 7 used by another transaction", retryable=True, tx_hash="0xAA")
     assert s.submit(meta, tx_hash="0xbb", nonce=8, raw_tx="0x02", gas=1) is True
     assert s.confirm(meta, tx_hash="0xbb", block_number=9) is True
     assert s.confirm(meta, tx_hash="0xbb", block_number=9) is False

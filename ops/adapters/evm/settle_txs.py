@@ -8,10 +8,14 @@ looks the hash up or rebroadcasts the very same bytes (same nonce: at most one c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eth_utils.exceptions import ValidationError
+from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound
+from web3.logs import DISCARD
 
 from domain.model.errors import InvalidState, MarketError, Unavailable
 from domain.model.voucher import channel_id_bytes
@@ -61,6 +65,10 @@ class SettleClient:
 
     def status(self, chain_channel_id: str) -> str:
         return self.hub.channel(chain_channel_id).status
+
+    def settled_record(self, chain_channel_id: str, known: Sequence[str] = (),
+                       from_block: int = 0) -> dict[str, Any] | None:
+        return read_settled(self.hub, chain_channel_id, known, from_block)
 
     def receipt(self, tx_hash: str) -> Mined | None:
         with mapped_errors():
@@ -121,3 +129,53 @@ class SettleClient:
         except (MarketError, ValidationError):
             pass  # reverted on send (hardhat automine mines it anyway) or nonce already used
 
+
+def read_settled(hub: ChainChannels, chain_channel_id: str, known: Sequence[str] = (),
+                 from_block: int = 0) -> dict[str, Any] | None:
+    """How the contract settled a channel, from its own logs: the ``ChannelSettled`` log
+    (the contract emits at most one per channel) and the ``PayeeCredited`` logs of the same
+    transaction. None if the channel never settled. Reads only: no operator key needed.
+
+    ``known``: transactions that may have settled it (ours, the ledger's reference): their
+    receipts are read first; only if none did are the logs searched from ``from_block``
+    (the deposit's block: a node scans every block in the range).
+    """
+    channels = contract(hub.chain.w3, "Channels", hub.channels_address)
+    raw = channel_id_bytes(chain_channel_id)
+    with mapped_errors():
+        for tx_hash in known:
+            try:
+                receipt = hub.chain.w3.eth.get_transaction_receipt(normalize_tx_hash(tx_hash))
+            except TransactionNotFound:
+                continue
+            found = _settled_in(channels, hub.channels_address, raw, receipt)
+            if found is not None:
+                return found
+        logs = channels.events.ChannelSettled.get_logs(from_block=from_block, argument_filters={"channel_id": raw})
+        for log in logs:
+            if Web3.to_checksum_address(log["address"]) == hub.channels_address:
+                return _settled_in(channels, hub.channels_address, raw,
+                                   hub.chain.w3.eth.get_transaction_receipt(log["transactionHash"]))
+    return None
+
+
+def block_of(hub: ChainChannels, tx_hash: str) -> int:
+    """The block a transaction was mined in; 0 if unknown (search from the genesis)."""
+    found = hub._receipt(normalize_tx_hash(tx_hash))
+    return 0 if found is None else int(found["blockNumber"])
+
+
+def _settled_in(channels: Any, address: str, raw: bytes, receipt: Any) -> dict[str, Any] | None:
+    """The channel's settle in one transaction's receipt, if it holds one."""
+    def ours(event: Any) -> bool:
+        return Web3.to_checksum_address(event["address"]) == address and bytes(event["args"]["channel_id"]) == raw
+
+    settled = [e for e in channels.events.ChannelSettled().process_receipt(receipt, errors=DISCARD) if ours(e)]
+    if not settled:
+        return None
+    credited = [e for e in channels.events.PayeeCredited().process_receipt(receipt, errors=DISCARD) if ours(e)]
+    args = settled[0]["args"]
+    return {"tx_hash": to_hex(receipt["transactionHash"]), "block_number": int(receipt["blockNumber"]),
+            "cumulative_minor": int(args["cumulative_amount"]), "fee_minor": int(args["fee_amount"]),
+            "refund_minor": int(args["refund_amount"]),
+            "payees": [[str(e["args"]["payee"]).lower(), int(e["args"]["amount"])] for e in credited]}
