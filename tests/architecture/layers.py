@@ -127,6 +127,8 @@ def violations(root: Path) -> list[str]:
         rel = path.relative_to(root)
         for imp in imports_of(root, path):
             target = _known(imp.target, modules)
+            if imp.target == "tests" or imp.target.startswith("tests."):
+                problems.append(f"{rel}:{imp.line}: production code imports the tests ({imp.target})")
             if layer == "domain.model" and not is_project(imp.target) and not imp.typing_only:
                 top = imp.target
                 if any(top == bad or top.startswith(bad + ".") for bad in IMPURE_FOR_MODEL):

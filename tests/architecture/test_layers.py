@@ -56,6 +56,7 @@ def test_a_clean_tree_passes(tmp_path: Path) -> None:
     ("node/bad.py", "from domain.app.market import Z\n", "node may not import domain.app.market"),
     ("node/bad.py", "from projections.search import Y\n", "node may not import projections.search"),
     ("ops/adapters.py", "from ops.bootstrap import build\n", "only entry points import the composition root"),
+    ("ops/bench/x.py", "from tests.stubs import stripe_stub\n", "production code imports the tests"),
     ("api/bad.py", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ops.bootstrap import R\n",
      "api may not import ops.bootstrap"),
 ])
