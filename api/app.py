@@ -31,7 +31,7 @@ from api.http import Authenticator, read_body, run_sync
 from api.jsonbytes import json_bytes
 from api.logging import request_line
 from api.openapi import build_spec
-from api.resources import audit, catalogue, devices, identity, money, system
+from api.resources import audit, catalogue, devices, identity, metrics, money, system
 
 if TYPE_CHECKING:
     from domain.app.debit_batcher import DebitBatcher
@@ -124,6 +124,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
     return [
         ("/healthz", system.Health()),
         ("/readyz", system.Ready(market, views, settings.store)),
+        ("/metrics", metrics.Metrics(market, views)),
         ("/.well-known/ai-market.json", system.Discovery(market, settings.hub_name, settings.hub_url)),
         ("/v1/accounts", identity.Accounts(market)),
         ("/v1/sessions", identity.Sessions(market)),

@@ -4,7 +4,9 @@ Checks: positions strictly increase; every event decodes with the current code; 
 event carries ``meta`` with an actor and a correlation id; aggregate versions are
 contiguous per stream; and the money in it (``ops.ledger_audit``): channels replayed with
 their invariants after every event, postings balanced, the ledger's invariants, and the
-balances read model equal to the log up to the position it has reached.
+balances read model equal to the log up to the position it has reached. With the read
+models at hand it also reports every projection's health (``projections.health``): a
+projection that is failing, stuck or without a runner is a problem, so the command exits 1.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from ops.ledger_audit import LedgerAudit
 BATCH = 1000
 
 
-def verify_log(market: Any, views: Any = None) -> dict[str, Any]:
-    """Walk the whole log; ``views`` (the read-model store) adds the balances cross-check."""
+def verify_log(market: Any, views: Any = None, *, stall_after_s: float | None = None) -> dict[str, Any]:
+    """Walk the whole log; ``views`` (the read-model store) adds the balances cross-check and
+    the projections' health."""
     problems: list[str] = []
     tracked, balances, pending = _balances_snapshot(views)  # before the walk: the log only grows
     money = LedgerAudit(tracked)
@@ -49,8 +52,23 @@ def verify_log(market: Any, views: Any = None) -> dict[str, Any]:
             money.feed(n.id, event)
     ledger_report = money.report(balances, pending)
     problems += money.problems
+    projections = _projections(market, views, stall_after_s)
+    problems[:0] = [f"projection {p['detail']}" + (f" (error: {p['error']})" if p["error"] else "")
+                    for p in projections.values() if p["stalled"]]
     return {"ok": not problems, "events": count, "streams": len(versions), "head_position": position,
-            "ledger": ledger_report, "problems": problems[:100]}
+            "ledger": ledger_report, "projections": projections, "problems": problems[:100]}
+
+
+def _projections(market: Any, views: Any, stall_after_s: float | None) -> dict[str, dict[str, Any]]:
+    """Each projection's state, read after the walk (a stalled one leads the problems)."""
+    if views is None:
+        return {}
+    from projections.health import read_health
+
+    head = market.recorder.max_notification_id() or 0
+    return {h.name: {"state": h.state, "stalled": h.stalled, "position": h.position, "head": h.head, "lag": h.lag,
+                     "detail": h.detail, "error": h.failure.error_message if h.failure and h.failure.failing else None}
+            for h in read_health(views, head, stall_after_s=stall_after_s)}
 
 
 def _balances_snapshot(views: Any) -> tuple[int | None, dict | None, dict | None]:

@@ -98,6 +98,39 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_projections_status(args: argparse.Namespace) -> int:
+    """Each projection's position, the head, lag, state and last error; exits 1 when one is stalled."""
+    from projections.health import read_health, status_table
+
+    runtime = _runtime()
+    try:
+        states = read_health(runtime.views, runtime.market.recorder.max_notification_id() or 0)
+    finally:
+        runtime.close()
+    print(json.dumps([h.as_dict() for h in states], indent=2) if args.json else status_table(states))
+    return 1 if any(h.stalled for h in states) else 0
+
+
+def cmd_projections_resume(args: argparse.Namespace) -> int:
+    """Clear a projection's failure so its runner retries the failed event now (never skips it)."""
+    from projections.health import projection_names, resume
+
+    if args.name not in projection_names():
+        print(f"error: no projection {args.name!r} (known: {', '.join(projection_names())})", file=sys.stderr)
+        return 2
+    runtime = _runtime()
+    try:
+        cleared = resume(runtime.views, args.name)
+    finally:
+        runtime.close()
+    if cleared is None:
+        print(f"{args.name}: no failure recorded, nothing to resume")
+    else:
+        print(f"{args.name}: failure at event position {cleared.event_position} cleared"
+              f" ({cleared.error_type}: {cleared.error_message}); the runner retries it now")
+    return 0
+
+
 def cmd_grant_role(args: argparse.Namespace) -> int:
     runtime = _runtime()
     try:
@@ -162,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay = audit.add_parser("replay", help="rebuild read models from position 0")
     replay.add_argument("--projection", help="only this projection")
     replay.set_defaults(func=cmd_audit_replay)
+    projections = sub.add_parser("projections", help="projection health; resume one after a fix").add_subparsers(
+        dest="projections_command", required=True)
+    status = projections.add_parser("status", help="position, head, lag, state and last error of each projection")
+    status.add_argument("--json", action="store_true", help="one JSON object per projection")
+    status.set_defaults(func=cmd_projections_status)
+    resume = projections.add_parser("resume", help="retry a failing projection now (after the fix is deployed)")
+    resume.add_argument("name")
+    resume.set_defaults(func=cmd_projections_resume)
     admin = sub.add_parser("admin", help="operator tasks").add_subparsers(dest="admin_command", required=True)
     grant = admin.add_parser("grant-role", help="give an account a role (auditor, admin, ...)")
     grant.add_argument("email")

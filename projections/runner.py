@@ -1,20 +1,35 @@
 """Runs one projection: catch up in batches, then wait for new events; survive lost
-connections; only one active runner per projection across all hosts.
+connections and failing handlers; only one active runner per projection across all hosts.
 
-* Catch-up reads ``select_notifications`` after the tracked position, applies a batch of
-  events and advances the tracking row in the same transaction (exactly-once). The
-  tracking update is a compare-and-set on the old position, so even two runners that both
-  believed they held the lock could not apply an event twice.
+* Catch-up reads ``select_notifications`` after the tracked position, up to the log's head
+  read just before, applies a batch of events and advances the tracking row in the same
+  transaction (exactly-once). The tracking update is a compare-and-set on the old position,
+  so even two runners that both believed they held the lock could not apply an event twice.
+  When a batch reaches the head, the position moves to the head even past events this
+  projection does not handle (at most once a second while only those arrive): lag is
+  ``head - position`` for every projection. Safe because both stores hand out positions in
+  commit order (PostgreSQL: the recorder's table lock; SQLite: one writer).
 * Waiting: PostgreSQL LISTENs on the event table's NOTIFY channel (with a poll timeout as a
   safety net against a lost NOTIFY); SQLite has no notifications and polls.
 * Single active runner: a PostgreSQL session advisory lock, or an exclusive file lock for the
   embedded store. A runner that cannot take the lock stands by and retries.
-* Supervision: a transient database error releases the lock, backs off and starts again.
+* Supervision: a lost connection releases the lock, backs off (0.1 s doubling to 5 s) and
+  starts again. Any other error, a handler's above all, is recorded in
+  ``projection_failures`` (``projections.health``: position, error type and message) and
+  retried with backoff (0.5 s doubling to 60 s) while the runner keeps its lock; the events
+  before the failing one in its batch are committed first. A transient-looking error that
+  repeats three times on the same event is recorded too. Nothing ever skips an event: the
+  failure ends when the batch holding the event commits, or ``resume`` retries at once.
+* Heartbeat: while active, a thread writes ``projection_runners`` (holder, heartbeat, last
+  progress) every ``heartbeat_s``, so a runner that hangs is seen by the watchdog.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
 from typing import Any
 
 import structlog
@@ -22,9 +37,12 @@ from eventsourcing.persistence import OperationalError as EsOperationalError
 from eventsourcing.persistence import PersistenceError
 
 from domain.model.ports import RunnerLock, ViewDB
+from projections import health
 from projections.base import TRACKING_DDL, Projection, lock_ddl, read_position
 
 log = structlog.get_logger("projections")
+
+TRANSIENT_TRIES = 3  # a "transient" error on the same event this often is a failure
 
 
 class LostRace(Exception):
@@ -36,7 +54,7 @@ class ProjectionRunner:
 
     def __init__(
         self, projection: Projection, *, recorder: Any, mapper: Any, views: ViewDB, lock: RunnerLock,
-        batch_size: int = 500, poll_s: float = 0.5,
+        batch_size: int = 500, poll_s: float = 0.5, heartbeat_s: float = health.HEARTBEAT_S,
     ) -> None:
         self.projection = projection
         self.recorder = recorder
@@ -45,45 +63,85 @@ class ProjectionRunner:
         self.lock = lock
         self.batch_size = batch_size
         self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.idle_advance_s = 1.0
+        self.resume_poll_s = 0.5
         self.active = threading.Event()
         self.errors = 0
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.progress_at = time.time()
+        self.failed_event: tuple[int, int] | None = None  # (position, index in batch) of the last handler error
+        self._failing = False  # a failure record is open: the next commit clears it
+        self._retry_in_s = 0.0
+        self._advanced_at = float("-inf")
+        self._streak = (0, 0)  # (position, count) of transient errors on one event
+        self._backoff_s = 0.1
 
     # -- one step ---------------------------------------------------------------------------
     def setup(self) -> None:
-        """Create the tracking table and this projection's tables; rebuild on a version bump."""
+        """Create the tracking, health and projection tables; rebuild on a version bump."""
         name, version = self.projection.name, self.projection.version
         with self.views.transaction() as tx:
             lock_ddl(tx)
             tx.execute(TRACKING_DDL)
+            for statement in health.HEALTH_DDL:
+                tx.execute(statement)
             tracked = read_position(tx, name)
             if tracked is not None and tracked[1] != version:
                 log.info("projection.rebuild", projection=name, old_version=tracked[1], version=version)
                 self.projection.drop_tables(tx)
                 tx.execute("DELETE FROM projection_tracking WHERE name = ?", (name,))
+                health.clear_failure(tx, name)  # new code: the old failure may be gone
                 tracked = None
             self.projection.create_tables(tx)
             if tracked is None:
                 tx.execute("INSERT INTO projection_tracking VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING",
                            (name, version))
+            failure = health.read_failure(tx, name)
+        self._failing = failure is not None and failure.failing
+        if failure is not None and failure.failing and failure.retry_at is not None:
+            self._retry_in_s = max(0.0, failure.retry_at - time.time())  # the backoff survives restarts
 
     def process_batch(self) -> int:
-        """Apply the next batch of events; return how many were read (0 = caught up)."""
+        """Apply the next batch of events; return how many were read (0 = caught up).
+
+        A handler error rolls the whole batch back and propagates; ``failed_event`` then
+        says which event raised."""
+        return self._batch()
+
+    def _batch(self, stop: int | None = None) -> int:
         name = self.projection.name
+        self.failed_event = None
+        head = self.recorder.max_notification_id() or 0
+        head = head if stop is None else min(head, stop)
         with self.views.transaction() as tx:
             tracked = read_position(tx, name)
             position = tracked[0] if tracked else 0
-            notifications = self.recorder.select_notifications(
-                start=position, limit=self.batch_size, topics=self.projection.topics, inclusive_of_start=False
-            )
-            if not notifications:
+            if head <= position:
                 return 0
-            for notification in notifications:
-                event = self.mapper.to_domain_event(notification)
-                self.projection.process(event, tx, notification.id)
+            notifications = self.recorder.select_notifications(
+                start=position, limit=self.batch_size, stop=head, topics=self.projection.topics,
+                inclusive_of_start=False)
+            if not notifications and time.monotonic() - self._advanced_at < self.idle_advance_s:
+                return 0  # only others' events: move past them at most once a second
+            for index, notification in enumerate(notifications):
+                try:
+                    event = self.mapper.to_domain_event(notification)
+                    self.projection.process(event, tx, notification.id)
+                except Exception:
+                    self.failed_event = (notification.id, index)
+                    raise
+            new_position = notifications[-1].id if len(notifications) == self.batch_size else head
+            if self._failing:
+                health.clear_failure(tx, name)
             moved = tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
-                               (notifications[-1].id, name, position))
+                               (new_position, name, position))
             if moved != 1:
                 raise LostRace(f"another runner advanced {name}")
+        if self._failing:
+            log.info("projection.recovered", projection=name, position=new_position)
+        self._failing = False
+        self._advanced_at = time.monotonic()
         return len(notifications)
 
     def catch_up(self) -> int:
@@ -106,36 +164,117 @@ class ProjectionRunner:
         """Drop and rebuild from position 0, in batches."""
         with self.views.transaction() as tx:
             tx.execute(TRACKING_DDL)
+            for statement in health.HEALTH_DDL:
+                tx.execute(statement)
             self.projection.drop_tables(tx)
             tx.execute("DELETE FROM projection_tracking WHERE name = ?", (self.projection.name,))
+            health.clear_failure(tx, self.projection.name)
         self.setup()
         return self.catch_up()
 
     # -- supervised loop ------------------------------------------------------------------------
+    @property
+    def recoverable(self) -> tuple[type[BaseException], ...]:
+        return (*self.views.transient_errors, EsOperationalError, PersistenceError, LostRace, OSError)
+
     def run(self, stop: threading.Event, standby_s: float = 1.0) -> None:
-        backoff_s = 0.1
-        recoverable = (*self.views.transient_errors, EsOperationalError, PersistenceError, LostRace, OSError)
+        beating = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True,
+                                   name=f"heartbeat-{self.projection.name}")
+        beating.start()
         while not stop.is_set():
             try:
                 if not self.lock.acquire():
                     stop.wait(standby_s)
                     continue
-                self.active.set()
                 self.setup()
-                while not stop.is_set():
-                    if self.process_batch() == 0:
-                        self.lock.wait_for_events(self.poll_s)
-                    backoff_s = 0.1
-            except recoverable as exc:
+                if not self.active.is_set():
+                    self.active.set()
+                    self.progress_at = time.time()
+                    self._beat()
+                self._follow(stop)
+            except Exception as exc:  # noqa: BLE001 - a runner never dies: every error is handled below
                 self.errors += 1
-                log.warning("projection.recovering", projection=self.projection.name, error=repr(exc),
-                            backoff_s=backoff_s)
-                self.active.clear()
-                self._release_quietly()
-                stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                if self._transient(exc):
+                    self._recover(exc, stop)
+                else:
+                    self._on_failure(exc)
         self.active.clear()
         self._release_quietly()
+        beating.join(self.heartbeat_s + 1)
+
+    def _follow(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self._retry_in_s > 0:
+                self._wait_retry(stop)
+                continue
+            read = self.process_batch()
+            self.progress_at = time.time()
+            self._backoff_s = 0.1
+            if read == 0:
+                self.lock.wait_for_events(self.poll_s)
+
+    def _transient(self, exc: Exception) -> bool:
+        """A lost connection (reconnect and go on), unless it keeps failing on the same event."""
+        if not isinstance(exc, self.recoverable):
+            return False
+        if self.failed_event is None:
+            return True
+        position = self.failed_event[0]
+        count = self._streak[1] + 1 if self._streak[0] == position else 1
+        self._streak = (position, count)
+        return count < TRANSIENT_TRIES
+
+    def _recover(self, exc: Exception, stop: threading.Event) -> None:
+        log.warning("projection.recovering", projection=self.projection.name, error=repr(exc),
+                    backoff_s=self._backoff_s)
+        self.active.clear()
+        self._release_quietly()
+        stop.wait(self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, 5.0)
+
+    def _on_failure(self, exc: Exception) -> None:
+        """Record the failure (shared, durable), log it, and back off before the retry."""
+        name, failed = self.projection.name, self.failed_event
+        if failed is not None and failed[1] > 0:
+            try:
+                self._batch(stop=failed[0] - 1)  # the events before the failing one are fine
+            except Exception as prefix_exc:  # noqa: BLE001 - the failure below is what matters
+                log.warning("projection.prefix_failed", projection=name, error=repr(prefix_exc))
+        position = None if failed is None else failed[0]
+        try:
+            failure = health.record_failure(self.views, name, position, exc)
+            self._failing, self._retry_in_s = True, max(0.0, (failure.retry_at or 0) - failure.last_failed_at)
+            attempt = failure.attempts
+        except Exception as record_exc:  # noqa: BLE001 - the store may be down: log, back off anyway
+            log.warning("projection.failure_not_recorded", projection=name, error=repr(record_exc))
+            self._retry_in_s, attempt = health.retry_delay_s(1), 0
+        log.error("projection.failed", projection=name, event_position=position, error_type=type(exc).__name__,
+                  error=str(exc)[:health.MESSAGE_MAX], attempt=attempt, retry_in_s=self._retry_in_s,
+                  exc_info=exc if attempt <= 1 else None)  # the traceback once per failure, not per retry
+
+    def _wait_retry(self, stop: threading.Event) -> None:
+        """Sit out the backoff, holding the lock; an operator's resume cuts it short."""
+        left = self._retry_in_s
+        while left > 0 and not stop.is_set():
+            chunk = min(left, self.resume_poll_s)
+            stop.wait(chunk)
+            left -= chunk
+            failure = health.read_failure(self.views, self.projection.name)
+            if failure is None or not failure.failing:
+                log.info("projection.resumed", projection=self.projection.name)
+                break
+        self._retry_in_s = 0.0
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            if self.active.is_set():
+                self._beat()
+
+    def _beat(self) -> None:
+        try:
+            health.beat(self.views, self.projection.name, self.holder, self.progress_at)
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat is what the watchdog reports
+            log.debug("projection.heartbeat_failed", projection=self.projection.name, error=repr(exc))
 
     def _release_quietly(self) -> None:
         try:

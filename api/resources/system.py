@@ -9,6 +9,7 @@ import falcon
 from api.openapi import op, open_obj
 from domain.model.errors import Unavailable
 from domain.model.keys import KxPublicKey, VerifyKey
+from projections.health import read_health
 
 if TYPE_CHECKING:
     from domain.app.marketplace import Marketplace
@@ -26,23 +27,47 @@ class Health:
         resp.media = {"status": "ok"}
 
 
-class Ready:
-    openapi = {"get": op("Readiness: the event store and read models answer", "system",
-                         responses={"200": open_obj(status={"type": "string"}, store={"type": "string"},
-                                                    head_position={"type": "integer"})})}
+class ProjectionStalled(Unavailable):
+    """Raised by ``/readyz`` when a projection fails, hangs or has no runner (``projections.health``)."""
 
-    def __init__(self, market: Marketplace, views: ViewDB, store: str) -> None:
+    code = "projection_stalled"
+    title = "A projection is stalled"
+
+
+class Ready:
+    """Not ready (503) when the event store or the read models do not answer (``unavailable``),
+    or when a projection is stalled (``projection_stalled``: each one named with its state,
+    tracked position, the head, and for a failing handler the event position and error type;
+    the message itself is in ``aimarket projections status``)."""
+
+    openapi = {"get": op("Readiness: the event store and read models answer, no projection is stalled", "system",
+                         responses={"200": open_obj(status={"type": "string"}, store={"type": "string"},
+                                                    head_position={"type": "integer"},
+                                                    projections={"type": "object"})})}
+
+    def __init__(self, market: Marketplace, views: ViewDB, store: str, *, stall_after_s: float | None = None) -> None:
         self.market = market
         self.views = views
         self.store = store
+        self.stall_after_s = stall_after_s  # None: projections.health.STALL_AFTER_S
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
             head = self.market.recorder.max_notification_id() or 0
             self.views.fetchone("SELECT 1 AS ok")
+            states = read_health(self.views, head, stall_after_s=self.stall_after_s)
         except Exception as exc:  # noqa: BLE001 - any failure here means "not ready"
             raise Unavailable(f"store not reachable: {type(exc).__name__}") from None
-        resp.media = {"status": "ready", "store": self.store, "head_position": head}
+        stalled = [h for h in states if h.stalled]
+        if stalled:
+            raise ProjectionStalled("; ".join(h.detail for h in stalled), head_position=head, projections=[
+                {"name": h.name, "state": h.state, "position": h.position, "head": h.head,
+                 "event_position": h.failure.event_position if h.failure and h.failure.failing else None,
+                 "error_type": h.failure.error_type if h.failure and h.failure.failing else None}
+                for h in stalled])
+        resp.media = {"status": "ready", "store": self.store, "head_position": head,
+                      "projections": {h.name: {"position": h.position, "lag": h.lag, "state": h.state}
+                                      for h in states}}
 
 
 class OpenApiDoc:
