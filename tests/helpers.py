@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,20 @@ from domain.model.keys import KxPrivateKey, SigningKey, b64url
 from domain.model.tokens import encode_device_jwt
 
 PASSWORD = "correct horse battery"
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, *, what: str = "the condition",
+               poll_s: float = 0.02) -> None:
+    """Return as soon as ``predicate()`` is true; fail the test if it is not within ``timeout_s``.
+
+    For conditions that another thread or process brings about: never a fixed sleep that
+    hopes the machine was fast enough, and the deadline only bounds a wait that went wrong.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout_s} s")
+        time.sleep(poll_s)
 
 
 def run_concurrently(app: Any, tasks: list[Callable[[testing.ASGIConductor], Awaitable[Any]]]) -> list[Any]:

@@ -17,8 +17,9 @@ from falcon import testing
 from falcon.util import async_to_sync
 
 from api.app import create_app
+from ops.adapters.redis_routing import RedisDebitRouter
 from ops.bootstrap import build_runtime
-from ops.debit_routing import RedisDebitRouter
+from tests.helpers import wait_until
 from tests.money.conftest import debit, open_card_channel, person
 from tests.stubs import DEFAULT_API_KEY, DEFAULT_WEBHOOK_SECRET
 
@@ -34,14 +35,14 @@ def two_processes(make_settings, redis_server, stripe_stub):
                                  stripe_api_base=stripe_stub.url)
         rt = build_runtime(settings)
         batcher = rt.debit_batcher
-        batcher.router = RedisDebitRouter(redis_server, namespace, heartbeat_s=0.1, member_ttl_s=1.0,
+        # A member is fresh for member_ttl_s - heartbeat_s: 3 s keeps a starved heartbeat thread
+        # on a busy machine from making a live member look gone (and its process route locally).
+        batcher.router = RedisDebitRouter(redis_server, namespace, heartbeat_s=0.1, member_ttl_s=3.0,
                                           forward_wait_s=1.0)
         _on_test_loop(batcher.join_routing)
         runtimes.append(rt)
-    deadline = time.monotonic() + 5
-    while any(len(rt.debit_batcher.router._members) < 2 for rt in runtimes):
-        assert time.monotonic() < deadline, "the two processes never saw each other"
-        time.sleep(0.05)
+    wait_until(lambda: all(len(rt.debit_batcher.router._members) == 2 for rt in runtimes), 10,
+               what="the two processes seeing each other")
     yield runtimes, [testing.TestClient(create_app(runtime=rt)) for rt in runtimes]
     for rt in runtimes:
         rt.close()
@@ -57,9 +58,13 @@ def _on_test_loop(fn):
 def test_debits_go_to_one_owner_per_channel_without_races(two_processes, stripe_stub) -> None:
     (rt_a, rt_b), (a, b) = two_processes
     buyer, seller = person(a, ["buyer"]), person(a, ["seller"])
-    channels = [open_card_channel(a, stripe_stub, buyer, 100_000)[0] for _ in range(8)]
-    owners = {rt_a.debit_batcher.router.owner_of(c) for c in channels}
-    assert owners == {rt_a.debit_batcher.router.me, rt_b.debit_batcher.router.me}  # both own some
+    for rt in (rt_a, rt_b):  # here every owner is alive: give a busy machine time to answer
+        rt.debit_batcher.router.forward_wait_s = 30.0
+    both = {rt_a.debit_batcher.router.me, rt_b.debit_batcher.router.me}
+    channels: list[str] = []
+    while len(channels) < 8 or {rt_a.debit_batcher.router.owner_of(c) for c in channels} != both:
+        assert len(channels) < 40, "one process owns every channel"  # 8 random ids alone: 1 run in 128
+        channels.append(open_card_channel(a, stripe_stub, buyer, 100_000)[0])
     acknowledged: dict[str, int] = defaultdict(int)
 
     async def client_loop(n: int, conductors) -> None:
@@ -95,22 +100,39 @@ def test_debits_go_to_one_owner_per_channel_without_races(two_processes, stripe_
 def test_owner_that_stops_answering_is_bypassed(two_processes, stripe_stub) -> None:
     (rt_a, rt_b), (a, _b) = two_processes
     buyer, seller = person(a, ["buyer"]), person(a, ["seller"])
-    channels = [open_card_channel(a, stripe_stub, buyer, 1_000)[0] for _ in range(6)]
     router_a, router_b = rt_a.debit_batcher.router, rt_b.debit_batcher.router
-    remote = [c for c in channels if router_a.owner_of(c) == router_b.me]
-    assert remote
+    remote = open_card_channel(a, stripe_stub, buyer, 1_000)[0]
+    for _ in range(40):  # each channel is B's with even odds
+        if router_a.owner_of(remote) == router_b.me:
+            break
+        remote = open_card_channel(a, stripe_stub, buyer, 1_000)[0]
+    assert router_a.owner_of(remote) == router_b.me
     # B dies without leaving: its threads stop, its membership lingers until it expires.
     router_b._stop.set()
     router_b._outbox.put(("", "", None))
-    router_b._threads[0].join(timeout=1)  # the listener: B reads its inbox no more
+    listener = router_b._threads[0]
+    listener.join(timeout=10)
+    assert not listener.is_alive()  # B reads its inbox no more
+    # Its last heartbeat is now: the membership lingers member_ttl_s from here, however long the
+    # join took on a busy machine, and A (re-reading Redis every heartbeat) routes to B.
+    router_b._client.zadd(router_b._members_key, {router_b.me: time.time()})
+    wait_until(lambda: router_a.owner_of(remote) == router_b.me, 10, what="A routing to the dead B")
+    forwarded, served_by_b = router_a.forwarded, router_b.served
     started = time.monotonic()
-    r = debit(a, buyer, remote[0], seller["id"], 5, key="k-orphan")
+    r = debit(a, buyer, remote, seller["id"], 5, key="k-orphan")
     assert r.status_code == 201, r.json
-    assert rt_a.debit_batcher.forward_fallbacks == 1 and time.monotonic() - started >= 0.9
-    assert debit(a, buyer, remote[0], seller["id"], 5, key="k-orphan").json == r.json
-    time.sleep(1.2)  # B's membership expired: A owns everything and answers at once
-    assert router_a.owner_of(remote[0]) == router_a.me
-    r = debit(a, buyer, remote[0], seller["id"], 5)
-    assert r.status_code == 201 and rt_a.debit_batcher.forward_fallbacks == 1
-    view = a.simulate_get(f"/v1/channels/{remote[0]}", headers=buyer["headers"]).json
+    # A forwarded it to B, got no answer within forward_wait_s and recorded the debit itself.
+    assert router_a.forwarded == forwarded + 1 and router_b.served == served_by_b
+    assert rt_a.debit_batcher.forward_fallbacks == 1
+    assert time.monotonic() - started >= router_a.forward_wait_s * 0.9
+    # B's membership expires: the members A reads from Redis no longer hold B, so A owns everything.
+    wait_until(lambda: router_b.me not in router_a._members, 10, what="B's membership expiring")
+    assert router_a.owner_of(remote) == router_a.me
+    forwarded = router_a.forwarded
+    assert debit(a, buyer, remote, seller["id"], 5, key="k-orphan").json == r.json  # the key replays it
+    r = debit(a, buyer, remote, seller["id"], 5)
+    assert r.status_code == 201, r.json
+    # Answered by A at once: nothing forwarded, no further fallback.
+    assert router_a.forwarded == forwarded and rt_a.debit_batcher.forward_fallbacks == 1
+    view = a.simulate_get(f"/v1/channels/{remote}", headers=buyer["headers"]).json
     assert view["spent_minor"] == 10
