@@ -26,7 +26,7 @@ import falcon.asgi
 import structlog
 
 from api import errors
-from api.authz import Authorize
+from api.authz import Authorize, annotate_spec
 from api.http import Authenticator, read_body, run_sync
 from api.jsonbytes import json_bytes
 from api.logging import request_line
@@ -180,6 +180,7 @@ def create_app(runtime: HubRuntime) -> HubApp:
     table.append(("/openapi.json", system.OpenApiDoc(spec)))
     spec["paths"]["/openapi.json"] = build_spec([table[-1]], title="", version="", server_url="")["paths"][
         "/openapi.json"]
+    annotate_spec(spec)  # each operation's credentials and scopes, from the one table
     for path, resource in table:
         app.add_route(path, Threaded(resource))
     app.runtime = runtime

@@ -140,9 +140,14 @@ def principal(req: falcon.Request, *kinds: str) -> Principal:
 async def principal_async(req: falcon.Request, *kinds: str) -> Principal:
     """``principal`` without blocking the loop: a session token verified before needs no I/O
     and is checked here; anything else (API keys and OAuth access tokens are checked against
-    the store for revocation) runs on the thread pool."""
+    the store for revocation) runs on the thread pool. The authorization middleware has
+    usually authenticated the request already: its principal is reused."""
+    who = getattr(req.context, "principal", None)
+    if who is not None:
+        if kinds:
+            who.require_kind(*kinds)
+        return who
     header = req.get_header("Authorization") or ""
-    who = None
     if header[:7].lower() == "bearer ":
         who = req.context.authenticator.cached_session(header[7:].strip())
     if who is None:
