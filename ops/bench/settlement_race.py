@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                "seconds_per_run": round(sum(r["seconds"] for r in results) / max(len(results), 1), 1),
                "results": results}
     print(json.dumps(summary, indent=2))
-    if done.returncode != 0:
-        print(done.stdout[-4000:], file=sys.stderr)
+    if done.returncode != 0:  # pytest's report, without the hub's JSON log lines
+        report_lines = [line for line in done.stdout.splitlines() if not line.startswith('{"')]
+        print("\n".join(report_lines)[-8000:], file=sys.stderr)
     return 0 if summary["passed"] else 1
 
 

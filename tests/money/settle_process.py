@@ -63,6 +63,9 @@ def main() -> int:
         except Unavailable as exc:
             print(json.dumps({"unavailable": str(exc)}), flush=True)
             return 3
+        except Exception as exc:  # reported to the race test, which fails on it
+            print(json.dumps({"error": repr(exc)[:2000]}), flush=True)
+            raise
         print(json.dumps(runtime.market.settlement.settlement(args.channel_id).to_public()), flush=True)
     finally:
         runtime.close()

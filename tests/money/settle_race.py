@@ -100,11 +100,15 @@ def race_once(hub: dict[str, Any], env: dict[str, str], hub_url: str, rng: rando
     finisher: list[dict[str, Any]] = []
     while not any(o["code"] == 0 for o in outcomes + finisher) and len(finisher) < FINISH_TRIES:
         finisher.append(Worker(env, channel["id"], rng.randrange(1 << 30), no_lease=False).finish())
+    seen = {"channel": channel["id"], "racers": outcomes, "finishers": finisher, "no_lease": no_lease}
     for o in outcomes + finisher:
-        assert o["code"] in (0, BUSY, -signal.SIGKILL), o
-        assert o["code"] != 0 or o["result"]["status"] == "confirmed", o
-    assert any(o["code"] == 0 for o in outcomes + finisher), (outcomes, finisher)
-    check_settled_once(hub, channel)
+        assert o["code"] in (0, BUSY, -signal.SIGKILL), seen
+        assert o["code"] != 0 or o["result"]["status"] == "confirmed", seen
+    assert any(o["code"] == 0 for o in outcomes + finisher), seen
+    try:
+        check_settled_once(hub, channel)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}") from exc
     return {"workers": workers, "no_lease": no_lease, "killed": sum(o["killed"] for o in outcomes),
             "killed_at": [o["stages"][-1] if o["stages"] else "before-any-stage" for o in outcomes if o["killed"]],
             "finishers": len(finisher), "seconds": round(time.monotonic() - begin, 1)}
