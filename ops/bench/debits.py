@@ -126,7 +126,7 @@ def setup(base: str, stub: StripeStub, channels: int, deposit: int) -> tuple[str
     s = requests.Session()
     ids = {}
     for role in ("buyer", "seller"):
-        email = f"{role}-{uuid.uuid4().hex[:8]}@bench.test"
+        email = f"{role}-{uuid.uuid4().hex[:8]}@example.com"
         r = s.post(f"{base}/v1/accounts", json={"email": email, "password": "correct horse battery", "roles": [role]})
         r.raise_for_status()
         ids[role] = r.json()["id"]
