@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -124,16 +125,19 @@ def _worker_env(hub: dict[str, Any], **extra: str) -> dict[str, str]:
 
 def _run_until_paused(env: dict[str, str], channel_id: str, stage: str) -> subprocess.Popen[str]:
     process = subprocess.Popen([sys.executable, "-m", "tests.money.settle_process", channel_id, "--pause-after", stage],
-                               cwd=REPO,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # A reader thread, not select(): the worker prints several lines (started, stage:...)
+    # and select() on the pipe cannot see lines already read into Python's buffer.
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
     deadline = time.monotonic() + PAUSE_TIMEOUT_S
     while time.monotonic() < deadline:
-        if selector.select(timeout=1) and process.stdout.readline().strip().startswith("paused:"):
-            return process
-        if process.poll() is not None:
-            break
+        try:
+            if lines.get(timeout=1).strip().startswith("paused:"):
+                return process
+        except queue.Empty:
+            if process.poll() is not None:
+                break
     process.kill()
     pytest.fail(f"settlement worker did not pause (exit {process.poll()})")
 
