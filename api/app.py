@@ -27,11 +27,22 @@ import structlog
 
 from api import errors
 from api.authz import Authorize, annotate_spec
-from api.http import Authenticator, read_body, run_sync
+from api.http import (
+    JSON_MEDIA,
+    Authenticator,
+    check_form,
+    check_limits,
+    check_request,
+    parse_json,
+    read_body,
+    run_sync,
+)
 from api.jsonbytes import json_bytes
 from api.logging import request_line
-from api.openapi import build_spec
+from api.openapi import body_rule, build_spec
 from api.resources import audit, catalogue, devices, identity, metrics, money, system
+from domain.model.errors import InvalidInput
+from domain.model.json_input import check_depth
 
 if TYPE_CHECKING:
     from domain.app.debit_batcher import DebitBatcher
@@ -93,6 +104,31 @@ class RequestContext:
                       "actor": who.actor if who else None, "request_id": req.context.request_id})
 
 
+class InputGuard:
+    """The input rules (``api.http``) before anything else reads the request: sizes of the
+    target and headers first, then path, query and data headers, the body's media type and
+    presence against the operation, and the body's size and depth (or, for a form, its text).
+    After authorization, the responder parses and schema-checks the JSON (``read_json``, or
+    ``_threaded`` for an operation without fields) before any command runs."""
+
+    async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        check_limits(req)
+
+    async def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                               params: dict[str, Any]) -> None:
+        bodies = getattr(resource, "bodies", None)
+        if bodies is None or req.method not in bodies:
+            return  # no route (Falcon answers 404) or a method it answers itself (405, OPTIONS)
+        rule = bodies[req.method]
+        if not check_request(req, params, rule) or rule is None:
+            return
+        raw = await read_body(req)
+        if rule[0] == JSON_MEDIA:
+            check_depth(raw)
+        else:
+            check_form(raw, "body")
+
+
 class HubApp(falcon.asgi.App):
     """The Falcon app, holding the runtime it serves so its owner can close it."""
 
@@ -100,20 +136,28 @@ class HubApp(falcon.asgi.App):
 
 
 class Threaded:
-    """A resource whose plain responders run on the thread pool, the body read first."""
+    """A resource whose plain responders run on the thread pool, the body read first (and,
+    for an operation without fields, refused unless empty or ``{}``)."""
 
     def __init__(self, resource: object) -> None:
         self.resource = resource
+        operations = getattr(resource, "openapi", {})
+        self.bodies: dict[str, tuple[str, bool] | None] = {}  # per method, for InputGuard
         for method in falcon.constants.COMBINED_METHODS:
             name = f"on_{method.lower()}"
             responder = getattr(resource, name, None)
             if responder is not None:
-                setattr(self, name, responder if inspect.iscoroutinefunction(responder) else _threaded(responder))
+                self.bodies[method] = rule = body_rule(method, operations.get(method.lower()))
+                fields = rule is not None and rule[1]
+                setattr(self, name, responder if inspect.iscoroutinefunction(responder)
+                        else _threaded(responder, empty=rule is not None and not fields))
 
 
-def _threaded(responder: Callable[..., None]) -> Callable[..., Any]:
+def _threaded(responder: Callable[..., None], *, empty: bool) -> Callable[..., Any]:
     async def run(req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
-        await read_body(req)
+        raw = await read_body(req)
+        if empty and raw and parse_json(raw) != {}:
+            raise InvalidInput("this operation takes no fields: send no body or {}")
         await run_sync(req, responder, req, resp, **params)
 
     return run
@@ -170,7 +214,7 @@ def create_app(runtime: HubRuntime) -> HubApp:
     """Build the ASGI app over a wired runtime (the entry point reads settings and builds it)."""
     settings = runtime.settings
     pool = ThreadPoolExecutor(max_workers=settings.web_threads, thread_name_prefix="api")
-    app = HubApp(middleware=[RequestContext(runtime.market, pool), Authorize()])
+    app = HubApp(middleware=[RequestContext(runtime.market, pool), InputGuard(), Authorize()])
     weakref.finalize(app, pool.shutdown, wait=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=json_bytes)

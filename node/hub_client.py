@@ -1,6 +1,9 @@
 """A small HTTP client for the hub (stdlib only), used by the node agent and by tests.
 
-Problem responses become ``HubError`` carrying the hub's stable ``code``.
+Problem responses become ``HubError`` carrying the hub's stable ``code``. Everything read
+from the hub is bounded like the hub bounds what it reads: at most ``RESPONSE_BYTES_MAX``
+bytes and 64 levels of JSON (``domain.model.json_input``: a deeper document would overflow
+the C stack of the standard parser), else ``HubError`` ``hub_bad_response``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import uuid
 from typing import Any
 
 from domain.model.errors import MarketError
+from domain.model.json_input import loads_bounded
 from domain.model.keys import SigningKey
 from domain.model.tokens import encode_device_jwt
 
@@ -45,17 +49,37 @@ class HubClient:
             req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310
-                raw = resp.read()
+                raw = _read(resp)
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
             try:
-                problem = json.loads(raw)
-            except ValueError:
+                problem = _parse(_read(exc))
+            except HubError:
+                problem = None
+            if not isinstance(problem, dict):
                 problem = {}
-            raise HubError(exc.code, problem.get("code", "http_error"), problem.get("detail", exc.reason)) from None
+            code, detail = problem.get("code"), problem.get("detail")
+            raise HubError(exc.code, code if isinstance(code, str) else "http_error",
+                           detail if isinstance(detail, str) else str(exc.reason)) from None
         except (urllib.error.URLError, OSError) as exc:
             raise HubError(0, "hub_unreachable", f"cannot reach {self.base_url}: {exc}") from None
-        return json.loads(raw) if raw else None
+        return _parse(raw) if raw else None
+
+
+RESPONSE_BYTES_MAX = 16 * 1024 * 1024
+
+
+def _read(resp: Any) -> bytes:
+    raw: bytes = resp.read(RESPONSE_BYTES_MAX + 1)
+    if len(raw) > RESPONSE_BYTES_MAX:
+        raise HubError(0, "hub_bad_response", f"hub answered more than {RESPONSE_BYTES_MAX} bytes")
+    return raw
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return loads_bounded(raw)
+    except MarketError as exc:
+        raise HubError(0, "hub_bad_response", f"hub answered unreadable JSON: {exc.detail}") from None
 
 
 def device_token(key: SigningKey, *, device_id: str, hub_url: str, now_s: int, ttl_s: int = 120) -> str:

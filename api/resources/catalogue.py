@@ -16,6 +16,7 @@ from api.openapi import op, open_obj, query_param
 from domain.model.errors import InvalidInput, NotFound
 from domain.model.ids import parse_uuid
 from domain.model.listing_schema import DELIST_CREDENTIAL, PUBLISH_CREDENTIAL, UPDATE_CREDENTIAL
+from domain.model.money import SCALES
 from projections.search.query import LIMIT_MAX, Q_CHARS_MAX, category_counts, listing_detail, search
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ SEARCH_FIELDS: dict[str, dict[str, Any]] = {
     "q": {"type": "string", "maxLength": Q_CHARS_MAX},
     "kind": {"type": "string", "enum": ["dataset", "model", "pipeline"]},
     "category": SLUG,
-    "currency": {"type": "string", "pattern": "^[A-Z][A-Z0-9]{2,9}$"},
+    "currency": {"type": "string", "enum": sorted(SCALES)},  # as projections.search checks it
     "licence": {"type": "string", "pattern": "^[A-Za-z0-9.+-]{1,64}$"},
     "price_min": MONEY, "price_max": MONEY,
     "quality_min": {"type": "integer", "minimum": 0, "maximum": 100},

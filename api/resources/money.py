@@ -3,15 +3,18 @@ balances and seller statements."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import falcon
 import structlog
 
-from api.http import meta, principal, principal_async, raw_body, read_body, read_json
+from api.http import check_tree, meta, principal, principal_async, raw_body, read_body, read_json
 from api.openapi import obj, op, open_obj
 from domain.model.channel import FAILED_REFUND_STATUSES
 from domain.model.errors import InvalidInput
+from domain.model.json_input import check_depth
+from domain.model.money import SCALES
 from projections.balances import balances_of, channels_of
 
 if TYPE_CHECKING:
@@ -23,16 +26,21 @@ AMOUNT = {"type": "integer", "minimum": 1, "maximum": 10**15}
 TX_HASH = {"type": "string", "pattern": "^0[xX][0-9a-fA-F]{64}$"}
 HEX_SIG = {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"}
 UUID_STR = {"type": "string", "format": "uuid", "minLength": 36, "maxLength": 36}
+IDEMPOTENCY_PATTERN = "^[\\x21-\\x7e]{1,255}$"  # visible ASCII, as the server checks (_idempotency_key)
+IDEMPOTENCY_RE = re.compile(IDEMPOTENCY_PATTERN)
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": True,
-               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+               "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": IDEMPOTENCY_PATTERN},
                "description": "Same key + same body = same answer; same key + another body = 409."}
-IDEMPOTENCY_OPTIONAL = {**IDEMPOTENCY, "required": False}
+# A card payment must not be made twice by a retry, so every open and top-up takes a key (a
+# chain one is idempotent by its tx hash already, but one rule per operation is what the
+# document can say).
+CARD_CURRENCIES = sorted(code for code, scale in SCALES.items() if scale == 2)
 CHANNEL = open_obj(id={"type": "string"}, rail={"type": "string"}, status={"type": "string"},
                    currency={"type": "string"}, deposit_minor={"type": "integer"}, spent_minor={"type": "integer"},
                    remaining_minor={"type": "integer"}, fee_bps={"type": "integer"}, expiry_s={"type": "integer"})
 OPEN = {"oneOf": [
     obj(["rail", "currency", "amount_minor"], rail={"const": "card"},
-        currency={"type": "string", "pattern": "^[A-Z]{3}$"}, amount_minor=AMOUNT),
+        currency={"type": "string", "enum": CARD_CURRENCIES}, amount_minor=AMOUNT),
     obj(["rail", "tx_hash"], rail={"const": "chain"}, tx_hash=TX_HASH),
 ]}
 TOP_UP = {"oneOf": [obj(["amount_minor"], amount_minor=AMOUNT), obj(["tx_hash"], tx_hash=TX_HASH)]}
@@ -49,11 +57,13 @@ ITEMS = open_obj(items={"type": "array"})
 log = structlog.get_logger("api")
 
 
-def _idempotency_key(req: falcon.Request, *, required: bool = True) -> str:
+def _idempotency_key(req: falcon.Request) -> str:
     key = req.get_header("Idempotency-Key")
-    if required and not key:
+    if not key:
         raise InvalidInput("send an Idempotency-Key header", param="Idempotency-Key")
-    return key or ""
+    if not IDEMPOTENCY_RE.fullmatch(key):
+        raise InvalidInput("Idempotency-Key must be 1..255 visible ASCII characters", param="Idempotency-Key")
+    return key
 
 
 def _debit_response(resp: falcon.Response, result: dict[str, Any]) -> None:
@@ -98,7 +108,7 @@ class Channels:
     openapi = {
         "post": op("Open a channel: card (Stripe PaymentIntent; funded by its webhook) or chain (the tx "
                    "that opened it on the contract)", "money", auth="account", body=OPEN,
-                   params=[IDEMPOTENCY_OPTIONAL], responses={"201": CHANNEL}),
+                   params=[IDEMPOTENCY], responses={"201": CHANNEL}),
         "get": op("Your channels", "money", auth="account", responses={"200": ITEMS}),
     }
 
@@ -110,11 +120,11 @@ class Channels:
         who = principal(req, "api_key", "session", "oauth_client")
         who.require_role("buyer")
         body = read_json(req, OPEN)
+        key = _idempotency_key(req)
         market = self.market
         if body["rail"] == "card":
             resp.media = market.money.open_card_channel(meta(req, who), who.account_id, currency=body["currency"],
-                                                  amount_minor=body["amount_minor"],
-                                                  idempotency_key=_idempotency_key(req))
+                                                        amount_minor=body["amount_minor"], idempotency_key=key)
         else:
             resp.media = market.money.open_chain_channel(meta(req, who), who.account_id, tx_hash=body["tx_hash"])
         resp.status = falcon.HTTP_201
@@ -138,7 +148,7 @@ class Channel:
 
 class TopUps:
     openapi = {"post": op("Top up: card (amount_minor; a new PaymentIntent) or chain (tx_hash of the top-up)",
-                          "money", auth="account", body=TOP_UP, params=[IDEMPOTENCY_OPTIONAL],
+                          "money", auth="account", body=TOP_UP, params=[IDEMPOTENCY],
                           responses={"201": CHANNEL})}
 
     def __init__(self, market: Marketplace) -> None:
@@ -147,14 +157,14 @@ class TopUps:
     def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
         who = principal(req, "api_key", "session", "oauth_client")
         body = read_json(req, TOP_UP)
+        key = _idempotency_key(req)
         market = self.market
         if "tx_hash" in body:
             resp.media = market.money.top_up_chain_channel(meta(req, who), who.account_id, channel_id,
                                                      tx_hash=body["tx_hash"])
         else:
             resp.media = market.money.top_up_card_channel(meta(req, who), who.account_id, channel_id,
-                                                    amount_minor=body["amount_minor"],
-                                                    idempotency_key=_idempotency_key(req))
+                                                          amount_minor=body["amount_minor"], idempotency_key=key)
         resp.status = falcon.HTTP_201
 
 
@@ -212,8 +222,10 @@ class StripeWebhook:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = raw_body(req)
+        check_depth(raw)  # the Stripe library parses with the standard module: bound it first
         market = self.market
         event = market.money.card_gateway().verify_webhook(raw, req.get_header("Stripe-Signature"))
+        check_tree(event)  # signed by Stripe, yet still only text goes into events
         kind, obj = event["type"], event["data"]
         credited = returned = refund_failure_recorded = None
         if kind == "payment_intent.succeeded":

@@ -42,6 +42,7 @@ from domain.model.errors import (
 )
 from domain.model.ids import parse_uuid
 from domain.model.jcs import canonical_json
+from domain.model.json_input import strict_validator
 from domain.model.listing import Listing, listing_id_for
 from domain.model.listing_schema import DELIST_CREDENTIAL, PUBLISH_CREDENTIAL, UPDATE_CREDENTIAL
 from domain.model.money import check_currency
@@ -56,7 +57,8 @@ CREDENTIAL_WINDOW_S = 300
 
 @lru_cache(maxsize=8)
 def _validator(schema_json: str) -> jsonschema.protocols.Validator:
-    return jsonschema.Draft202012Validator(json.loads(schema_json))
+    # Strict integers: a price of 1e3 is a float and is refused here, not truncated later.
+    return strict_validator(json.loads(schema_json))
 
 
 def check_schema(value: Any, schema: dict[str, Any]) -> None:

@@ -71,6 +71,17 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+AMOUNT_MINOR_MAX = 10**15
+
+
+def check_amount_minor(amount_minor: Any) -> int:
+    """An amount a buyer asks to pay: a positive integer (never a float such as 1e3: checked
+    before anything is recorded, so a refused request leaves no pending channel behind)."""
+    if type(amount_minor) is not int or not 1 <= amount_minor <= AMOUNT_MINOR_MAX:
+        raise InvalidInput(f"amount_minor must be an integer within 1..{AMOUNT_MINOR_MAX}", param="amount_minor")
+    return amount_minor
+
+
 def check_idempotency_key(key: Any) -> str:
     if not isinstance(key, str) or not 1 <= len(key) <= 255 or not key.isprintable():
         raise InvalidInput("send an Idempotency-Key header of 1..255 printable characters", param="Idempotency-Key")
@@ -153,6 +164,7 @@ class MoneyService(Service):
         check_currency(currency)
         if SCALES[currency] != 2:
             raise InvalidInput("card channels take a fiat currency", param="currency")
+        check_amount_minor(amount_minor)
         key = check_idempotency_key(idempotency_key)
         channel_id = natural_id(NS_CHANNEL_REQUEST, f"{account_id}:{key}")
 
@@ -183,6 +195,7 @@ class MoneyService(Service):
     ) -> dict[str, Any]:
         """A further PaymentIntent for an open card channel."""
         gateway = self.card_gateway()
+        check_amount_minor(amount_minor)
         key = check_idempotency_key(idempotency_key)
         channel = self.channel_for(account_id, channel_id)
         if channel.rail != "card":

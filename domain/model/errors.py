@@ -40,6 +40,47 @@ class MalformedBody(InvalidInput):
     title = "Malformed request body"
 
 
+class NestingTooDeep(MalformedBody):
+    """Raised when a JSON document nests arrays and objects deeper than the hub reads (64)."""
+
+    code = "nesting_too_deep"
+    status = 422
+    title = "JSON nested too deeply"
+
+
+class InvalidText(InvalidInput):
+    """Raised when a string is not valid Unicode text: invalid UTF-8, a lone surrogate, NUL or
+    another C0 control character (tab, newline and CR are allowed in free-text fields only)."""
+
+    code = "invalid_text"
+    title = "Invalid text"
+
+
+class UnsupportedMediaType(MarketError):
+    """Raised when a body is sent with another content type than the operation takes, or to an
+    operation that takes no body."""
+
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class UriTooLong(MarketError):
+    """Raised when the request target (path and query) is longer than the hub reads."""
+
+    code = "uri_too_long"
+    status = 414
+    title = "URI too long"
+
+
+class HeadersTooLarge(MarketError):
+    """Raised when the request's header fields are larger in total than the hub reads."""
+
+    code = "headers_too_large"
+    status = 431
+    title = "Request header fields too large"
+
+
 class NotFound(MarketError):
     """Raised when the addressed thing does not exist (or is not visible to the caller)."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain.model.blocks import COMMITMENT_SCHEMA
+from domain.model.money import SCALES
 
 VC_CONTEXT = ["https://www.w3.org/ns/credentials/v2", "https://aimarket.dev/ns/listing/v1"]
 VC_TYPE_LISTING = "ListingCredential"
@@ -71,7 +72,7 @@ LISTING = _closed(
     tags={"type": "array", "maxItems": 20, "uniqueItems": True, "items": SLUG},
     licence={"type": "string", "pattern": "^[A-Za-z0-9.+-]{1,64}$"},
     price_minor={"type": "integer", "minimum": 0, "maximum": 10**12},
-    currency={"type": "string", "pattern": "^[A-Z][A-Z0-9]{2,9}$"},
+    currency={"type": "string", "enum": sorted(SCALES)},  # what the hub prices in (check_currency)
     content_hash=CONTENT_HASH, size_bytes=COUNT, rows={"type": ["integer", "null"], "minimum": 0},
     columns={"type": "array", "maxItems": 200, "items": COLUMN},
     pii=PII_SUMMARY, quality=QUALITY,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from domain.model.errors import TokenInvalid
+from domain.model.errors import MarketError, TokenInvalid
+from domain.model.json_input import check_depth, loads_bounded
 
 DEVICE_JWT_TTL_S_MAX = 300  # short-lived: a stolen token is worth five minutes at most
 CLOCK_SKEW_S = 30
@@ -43,8 +43,8 @@ def peek_header(token: str) -> TokenHeader:
     if token.count(".") != 2 or not _B64URL_RE.match(segment):
         raise TokenInvalid("malformed bearer token")
     try:
-        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error):
+        header = loads_bounded(_b64(segment))
+    except (MarketError, binascii.Error):
         raise TokenInvalid("malformed bearer token") from None
     if not isinstance(header, dict):
         raise TokenInvalid("malformed bearer token")
@@ -66,7 +66,17 @@ def _check_times(claims: dict[str, Any], now_s: int, ttl_s_max: int | None) -> N
         raise TokenInvalid(f"token lifetime above {ttl_s_max} s")
 
 
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
 def _decode(token: str, key: Any, alg: str, audience: str) -> dict[str, Any]:
+    # PyJWT parses header and claims with the standard json module: bound their depth first.
+    try:
+        for segment in token.split(".", 2)[:2]:
+            check_depth(_b64(segment))
+    except (MarketError, binascii.Error, ValueError):
+        raise TokenInvalid("malformed bearer token") from None
     try:
         return jwt.decode(
             token, key=key, algorithms=[alg], audience=audience,

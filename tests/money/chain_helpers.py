@@ -68,7 +68,9 @@ def deposit(chain: Chain, deployer: LocalAccount, deployment: Any, buyer: LocalA
 
 
 def open_channel(client: Any, buyer: Party, tx_hash: str) -> Any:
-    return client.simulate_post("/v1/channels", json={"rail": "chain", "tx_hash": tx_hash}, headers=buyer.headers)
+    # Every open takes an Idempotency-Key (the document cannot make it depend on the rail).
+    return client.simulate_post("/v1/channels", json={"rail": "chain", "tx_hash": tx_hash},
+                                headers={**buyer.headers, "Idempotency-Key": f"open-{tx_hash}"})
 
 
 def debit(client: Any, buyer: Party, channel: dict[str, Any], seller: Party, amount: int, *,

@@ -213,7 +213,8 @@ def test_chain_funding_is_credited_once_to_the_depositor_only(hub: Hub) -> None:
     listed = hub.client.simulate_get("/v1/channels", headers=stranger.headers)
     assert listed.status_code == 200
     no_wallet = person(hub.client, ["buyer"])
-    r = hub.client.simulate_post("/v1/channels", json={"rail": "chain", "tx_hash": tx}, headers=no_wallet["headers"])
+    r = hub.client.simulate_post("/v1/channels", json={"rail": "chain", "tx_hash": tx},
+                                 headers={**no_wallet["headers"], "Idempotency-Key": "open-no-wallet"})
     assert r.status_code == 409 and r.json["code"] == "wallet_required"
 
 
