@@ -44,7 +44,7 @@ from domain.model.json_input import INT64_MAX, INT64_MIN, check_depth
 from domain.model.principal import Principal
 
 BODY_BYTES_MAX = 1_048_576
-URI_CHARS_MAX = 8_192  # path and query string, as received
+URI_CHARS_MAX = 8_192  # the request target (path, "?", query) as received
 HEADER_BYTES_MAX = 16_384  # all header names and values together
 FREE_TEXT_FIELDS = frozenset({"description"})
 # The text rule as character classes (the OpenAPI document states its C0 part: api.openapi.TEXT_RULE).
@@ -146,7 +146,8 @@ def check_limits(req: falcon.Request) -> None:
     """The sizes of the request target and of the header fields (before routing). Uvicorn's
     own limits sit above these (``ops.serve``), so the answer is a problem, not a bare 400."""
     scope = req.scope
-    if len(scope.get("raw_path") or req.path) + len(scope.get("query_string") or b"") > URI_CHARS_MAX:
+    query = scope.get("query_string") or b""
+    if len(scope.get("raw_path") or req.path) + (len(query) + 1 if query else 0) > URI_CHARS_MAX:
         raise UriTooLong(f"path and query above {URI_CHARS_MAX} characters")
     if sum(len(name) + len(value) for name, value in scope.get("headers") or ()) > HEADER_BYTES_MAX:
         raise HeadersTooLarge(f"header fields above {HEADER_BYTES_MAX} bytes in total")

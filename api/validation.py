@@ -66,10 +66,22 @@ def check(value: Any, schema: dict[str, Any]) -> None:
             return
         except fastjsonschema.JsonSchemaValueException:
             pass  # the full validator decides and explains
-    error = jsonschema.exceptions.best_match(full.iter_errors(value))
+    error = _closest(jsonschema.exceptions.best_match(full.iter_errors(value)))
     if error is not None:
         param = ".".join(str(p) for p in error.absolute_path) or None
         raise InvalidInput(_describe(error, param), param=param)
+
+
+def _closest(error: jsonschema.ValidationError | None) -> jsonschema.ValidationError | None:
+    """For a body no branch of a ``oneOf`` takes, the error of the branch it came closest to
+    (fewest errors: the one its discriminator names), so the answer names the field."""
+    while error is not None and error.validator in ("oneOf", "anyOf") and error.context:
+        branches: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        nearest = min(branches.values(), key=len)
+        error = jsonschema.exceptions.best_match(nearest)
+    return error
 
 
 def _describe(error: jsonschema.ValidationError, param: str | None) -> str:

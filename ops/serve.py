@@ -14,9 +14,11 @@ from ops.settings import Settings
 class HubWorker(UvicornWorker):
     """Gunicorn's Uvicorn worker: one event loop per process (uvloop and httptools when
     installed). No proxy-header rewriting (nothing sits in front of us that we trust) and no
-    access log (the app writes one canonical line per request)."""
+    access log (the app writes one canonical line per request). The HTTP protocol is httptools'
+    with the hub's size limits and problem+json refusals (``ops.http_protocol``)."""
 
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "auto", "proxy_headers": False, "access_log": False}
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "ops.http_protocol:HubHttpProtocol",
+                                               "proxy_headers": False, "access_log": False}
 
 
 class HubServer(BaseApplication):
