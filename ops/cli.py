@@ -222,12 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The hub's one text rule (``api.http.check_text``) on every string given on the command
+    line, before any command runs: an argument that is not valid text (a lone surrogate from
+    bytes that are not UTF-8, a control character) is refused like the same value over HTTP."""
+    from api.http import check_text
+
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            check_text(value, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return int(args.func(args))
-    except (MarketError, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except MarketError as exc:
+        print(f"error [{exc.code}]: {exc.detail}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        print(f"error [settings_invalid]: {exc}", file=sys.stderr)
         return 2
 
 
