@@ -26,6 +26,7 @@ from domain.app.eventsourcing_ext import FastSaveApplication
 from domain.app.identity import IdentityService
 from domain.app.money import MoneyConfig, MoneyService
 from domain.app.payouts import PayoutService
+from domain.app.purchases import PurchaseConfig, PurchaseService
 from domain.app.refunds import RefundService
 from domain.app.settlement import SettlementService
 from domain.model.account import Account
@@ -55,7 +56,7 @@ class Marketplace(FastSaveApplication):
     """The single writer of the event log, composed of one service per area.
 
     ``market.identity``, ``.devices``, ``.catalogue``, ``.money``, ``.payouts``,
-    ``.settlement`` and ``.refunds`` hold the commands; this class holds what they share:
+    ``.settlement``, ``.refunds`` and ``.purchases`` hold the commands; this class holds what they share:
     loading, saving, the retry rule for lost races, the clock and the platform keyring.
     """
 
@@ -70,6 +71,7 @@ class Marketplace(FastSaveApplication):
         nonces: NonceStore, clock: Callable[[], datetime] = utcnow, bcrypt_rounds: int = 12,
         session_ttl_s: int = 3600, money_config: MoneyConfig | None = None,
         chain: Callable[[], ChainChannels] | None = None, cards: CardGateway | None = None,
+        purchase_config: PurchaseConfig | None = None,
     ) -> None:
         super().__init__(env)
         self.secrets = secrets
@@ -84,6 +86,7 @@ class Marketplace(FastSaveApplication):
         self.payouts = PayoutService(self)
         self.settlement = SettlementService(self)
         self.refunds = RefundService(self)
+        self.purchases = PurchaseService(self, purchase_config)
 
     def now_s(self) -> int:
         return int(self.clock().timestamp())

@@ -522,3 +522,104 @@ class DeliveryTimeout(Unavailable):
 
     code = "delivery_timeout"
     title = "Delivery timed out"
+
+
+# -- purchases and their delivery tokens (domain/model/purchase.py, domain/app/purchases.py) ---
+class ListingNotFound(NotFound):
+    """Raised when a purchase names a listing that does not exist."""
+
+    code = "listing_not_found"
+    title = "Listing not found"
+
+
+class ListingDelisted(InvalidState):
+    """Raised when a purchase names a listing its seller withdrew."""
+
+    code = "listing_delisted"
+    title = "Listing delisted"
+
+
+class OwnListing(SelfDealing):
+    """Raised when an account tries to buy one of its own listings (it would pay itself)."""
+
+    code = "own_listing"
+    title = "Cannot buy your own listing"
+
+
+class CurrencyMismatch(InvalidInput):
+    """Raised when a listing is priced in another currency than the channel that would pay it."""
+
+    code = "currency_mismatch"
+    title = "Listing and channel currencies differ"
+
+
+class SellerDeviceSuspended(InvalidState):
+    """Raised when the device that would deliver a listing is suspended (it cannot deliver)."""
+
+    code = "seller_device_suspended"
+    title = "The seller's device is suspended"
+
+
+class ListingNotDeliverable(InvalidState):
+    """Raised when a listing carries no ``delivery`` commitment (object hash, size, blocks):
+    no token could tell the buyer's node what to verify."""
+
+    code = "listing_not_deliverable"
+    title = "Listing has no delivery commitment"
+
+
+class PurchaseNotFound(NotFound):
+    """Raised when a purchase does not exist or is not visible to the caller."""
+
+    code = "purchase_not_found"
+    title = "Purchase not found"
+
+
+class PurchaseNotRevocable(InvalidState):
+    """Raised when revoking a token that was already redeemed, delivered or expired."""
+
+    code = "purchase_not_revocable"
+    title = "The delivery token can no longer be revoked"
+
+
+class RedemptionWrongToken(InvalidInput):
+    """Raised when a reported redemption names another token id (``jti``) than the purchase's."""
+
+    code = "redemption_wrong_token"
+    title = "Redemption of another token"
+
+
+class RedemptionWrongDevice(Forbidden):
+    """Raised when a redemption is reported for another device than the token's audience."""
+
+    code = "redemption_wrong_device"
+    title = "Redemption reported by another device"
+
+
+class RedemptionKeyMismatch(Conflict):
+    """Raised when a redemption names another buyer key than the token's ``cnf`` (or than the
+    redemption already recorded)."""
+
+    code = "redemption_key_mismatch"
+    title = "Redemption by another buyer key"
+
+
+class ReceiptWrongSigner(ReceiptInvalid):
+    """Raised when a delivery receipt is issued by another key than the seller device's."""
+
+    code = "receipt_wrong_signer"
+    title = "Receipt not signed by the seller device"
+
+
+class ConfirmationWrongSigner(ReceiptInvalid):
+    """Raised when a delivery confirmation is signed by another key than the token's ``cnf`` key."""
+
+    code = "confirmation_wrong_signer"
+    title = "Confirmation not signed by the buyer's purchase key"
+
+
+class ReceiptWrongToken(ReceiptInvalid):
+    """Raised when a receipt or confirmation is about another purchase, token or object."""
+
+    code = "receipt_wrong_token"
+    title = "Receipt or confirmation for another token"

@@ -175,8 +175,22 @@ class DebitRouter(Protocol):
     def close(self) -> None: ...
 
 
-BatchSaver = Callable[[list[Any]], Awaitable[None]]
-"""``await saver(aggregates)``: records their pending events in one transaction."""
+BatchSaver = Callable[..., Awaitable[None]]
+"""``await saver(aggregates[, reads])``: records their pending events in one transaction.
+
+``reads`` (purchases, ``domain.app.purchases``) maps the ids of aggregates the batch decided
+on without changing them (a listing, a device) to the version it read, or to None for one
+that must not exist yet (a new purchase). Inside the same transaction, before anything is
+recorded, the saver checks each against the store and raises :class:`StaleRead` naming those
+that differ: nothing is recorded, and the batch runs again on fresh state."""
+
+
+class StaleRead(Exception):  # noqa: N818 - a signal between the saver and the batcher, not a failure
+    """Raised by a ``BatchSaver`` when an aggregate the batch read changed (or exists) in the store."""
+
+    def __init__(self, ids: Sequence[Any]) -> None:
+        super().__init__(f"{len(ids)} aggregates changed since the batch read them")
+        self.ids = list(ids)
 
 SettlementQueue = Callable[[str], None]
 """``enqueue(channel_id)``: asks a worker to settle a closing channel now."""
