@@ -623,3 +623,62 @@ class ReceiptWrongToken(ReceiptInvalid):
 
     code = "receipt_wrong_token"
     title = "Receipt or confirmation for another token"
+
+
+# credentials (VC suites): domain/model/vc.py, domain/model/vc_rdfc.py
+class UnsupportedCryptosuite(InvalidInput):
+    """Raised when a proof names a type or cryptosuite we do not implement exactly (we support
+    ``eddsa-jcs-2022``, ``eddsa-rdfc-2022`` and ``Ed25519Signature2020``). Distinct from
+    ``signature_invalid``: nothing was checked."""
+
+    code = "unsupported_cryptosuite"
+    title = "Unsupported proof type or cryptosuite"
+
+
+class CredentialContextUnknown(InvalidInput):
+    """Raised when a credential canonicalised as RDF names an ``@context`` URL that is not bundled
+    (contexts are never fetched)."""
+
+    code = "vc_context_unknown"
+    title = "JSON-LD context not bundled"
+
+
+class CredentialContextMissing(InvalidInput):
+    """Raised when a credential's ``@context`` does not define its proof's type (an
+    ``Ed25519Signature2020`` proof needs https://w3id.org/security/suites/ed25519-2020/v1), or an
+    RDF-canonicalised credential has no ``@context``."""
+
+    code = "vc_context_missing"
+    title = "JSON-LD context missing for the proof"
+
+
+class CredentialUndefinedTerm(InvalidInput):
+    """Raised when JSON-LD expansion would drop part of a credential (a term its contexts do not
+    define, a relative IRI, ``@direction``), so a signature would not cover it (safe mode)."""
+
+    code = "vc_undefined_term"
+    title = "Credential term not defined by its context"
+
+
+class CredentialControlCharacter(InvalidInput):
+    """Raised when a credential to canonicalise as RDF holds a control character other than tab,
+    newline or carriage return, DEL, a lone surrogate, or an IRI with a character N-Quads cannot
+    carry (pyld 3.3.0 does not escape them as RDFC-1.0 does)."""
+
+    code = "vc_control_character"
+    title = "Credential holds a refused character"
+
+
+class CredentialTooComplex(InvalidInput):
+    """Raised when a credential exceeds the canonicalisation limits: size, nesting, statements,
+    blank nodes or URDNA2015 hashing work."""
+
+    code = "vc_too_complex"
+    title = "Credential too large or complex to canonicalise"
+
+
+class CredentialNotJsonLd(InvalidInput):
+    """Raised when a credential to canonicalise as RDF is not valid JSON-LD."""
+
+    code = "vc_invalid_jsonld"
+    title = "Credential is not valid JSON-LD"

@@ -1,37 +1,39 @@
 """W3C Verifiable Credential Data Integrity proofs: the node <-> hub trust channel.
 
-Two proof forms are handled.
+Three Ed25519 proof suites, each implemented exactly as specified (W3C Recommendation "Data
+Integrity EdDSA Cryptosuites v1.0" and the Ed25519Signature2020 suite), for signing and for
+verifying. They share one construction and differ in the canonicalisation and the proof shape:
 
-``DataIntegrityProof`` / ``eddsa-jcs-2022`` (W3C Recommendation "Data Integrity EdDSA
-Cryptosuites v1.0", §3.3), implemented exactly:
+1. ``proofConfig`` = the proof options (``type``, ``cryptosuite`` when the suite has one,
+   ``created``, ``verificationMethod``, ``proofPurpose``, optional ``nonce``) *without*
+   ``proofValue``, with ``@context`` set to the document's ``@context``;
+2. ``hashData = SHA-256(canon(proofConfig)) || SHA-256(canon(unsecuredDocument))`` (64 bytes);
+3. ``proofValue = "z" + base58btc(Ed25519.sign(hashData))``; the secured document is the
+   unsecured one plus ``proof``.
 
-1. ``proofConfig`` = the proof options (``type``, ``cryptosuite``, ``created``,
-   ``verificationMethod``, ``proofPurpose``, optional ``nonce``) *without* ``proofValue``,
-   with ``@context`` set to the document's ``@context`` when the document has one;
-2. ``hashData = SHA-256(JCS(proofConfig)) || SHA-256(JCS(unsecuredDocument))`` (64 bytes,
-   RFC 8785 JCS);
-3. ``proofValue = "z" + base58btc(Ed25519.sign(hashData))``;
-4. the secured document is the unsecured one plus ``proof = proofConfig + proofValue``.
+* ``eddsa-jcs-2022``: type ``DataIntegrityProof``, cryptosuite ``eddsa-jcs-2022``; canon = RFC
+  8785 JCS; the proof carries the ``@context``.
+* ``eddsa-rdfc-2022``: type ``DataIntegrityProof``, cryptosuite ``eddsa-rdfc-2022``; canon =
+  RDFC-1.0 (URDNA2015) canonical N-Quads; the proof carries no ``@context``.
+* ``Ed25519Signature2020``: type ``Ed25519Signature2020``, no cryptosuite; canon = RDFC-1.0
+  canonical N-Quads; the proof carries no ``@context``.
 
-``tests/vectors/vc_di_eddsa_jcs_2022.json`` holds the specification's own example (its key
-pair, credential, proof options, intermediate hashes and ``proofValue``) and the tests
-reproduce it byte for byte.
+RDF canonicalisation (``domain.model.vc_rdfc``) runs offline on bundled contexts and in safe
+mode: an undefined term, an unknown context, a refused control character or an oversized graph
+is refused before anything is hashed. An ``Ed25519Signature2020`` document must itself include
+the ``https://w3id.org/security/suites/ed25519-2020/v1`` context (the suite defines its terms
+there); an RDF proof's type must be defined by the document's contexts. Any other proof type or
+cryptosuite is refused with ``unsupported_cryptosuite``, never checked loosely.
 
-``Ed25519Signature2020`` (the seed's name; legacy): **ours, not interoperable.** The real
-suite canonicalises with RDF Dataset Canonicalization (JSON-LD expansion + RDFC-1.0), which
-we do not do (it needs a JSON-LD processor and context documents). Our nodes use the same
-JCS construction as above with ``type: "Ed25519Signature2020"`` and no ``cryptosuite``;
-``@context`` is not repeated in the proof, so the document's ``@context`` is put into the
-proof configuration before hashing (the same rule as an ``eddsa-jcs-2022`` proof that omits
-``@context``). A third-party Ed25519Signature2020 proof will therefore *not* verify here:
-it fails closed with ``SignatureInvalid``.
+``tests/vectors/vc_di_eddsa_*.json`` and ``vc_ed25519signature2020.json`` hold the W3C test
+vectors; the tests verify them and reproduce their ``proofValue`` byte for byte.
 
-Deliberate strictness beyond the specification (each is a subset of spec-valid proofs):
+Deliberate strictness beyond the specifications (each is a subset of spec-valid proofs):
 
 * a proof's ``@context``, when present, must *equal* the document's ``@context``; the spec
   lets a document append contexts after signing, which would be an unsigned change here;
 * when the document's ``issuer`` (string or ``{"id": …}``) is a ``did:key``, it must be the
-  key that made the proof;
+  key that made the proof (``bind_issuer=False`` lifts this for third-party documents);
 * one proof per document (no proof sets / chains), Ed25519 only.
 
 Key resolution: the verification method must be ``did:key:z6Mk…#z6Mk…`` (or the bare DID);
@@ -44,9 +46,10 @@ Not checked here, and the caller's job: the freshness of ``created`` / ``validFr
 and whether the key belongs to an enrolled device. :class:`VerifiedProof` exposes the parsed
 ``created`` and the ``nonce`` for that.
 
-Errors: any change to the document or the proof gives ``SignatureInvalid``; a structure that
-is not a proof we understand (missing fields, wrong types, unknown suite, unresolvable
-method) gives ``InvalidInput``. Nothing here returns False.
+Errors: any change to the signed document or proof gives ``SignatureInvalid``; a structure
+that is not a proof we understand (missing fields, wrong types, unresolvable method) gives
+``InvalidInput``; an unknown suite ``UnsupportedCryptosuite``; the RDF safe-mode refusals their
+own ``InvalidInput`` subclasses (``domain.model.errors``, "credentials"). Nothing returns False.
 """
 
 from __future__ import annotations
@@ -54,23 +57,39 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import base58
 
-from domain.model.errors import InvalidInput, SignatureInvalid
+from domain.model.errors import (
+    CredentialContextMissing,
+    InvalidInput,
+    SignatureInvalid,
+    UnsupportedCryptosuite,
+)
 from domain.model.jcs import canonical_json
 from domain.model.keys import DID_KEY_PREFIX, SIGNATURE_BYTES, SigningKey, VerifyKey
+from domain.model.vc_contexts import ED25519_2020_V1
+from domain.model.vc_rdfc import canonical_nquads, has_type
 
 DATA_INTEGRITY_PROOF = "DataIntegrityProof"
 EDDSA_JCS_2022 = "eddsa-jcs-2022"
+EDDSA_RDFC_2022 = "eddsa-rdfc-2022"
 ED25519_SIGNATURE_2020 = "Ed25519Signature2020"
 PROOF_TYPES = (DATA_INTEGRITY_PROOF, ED25519_SIGNATURE_2020)
+SUITES = (EDDSA_JCS_2022, EDDSA_RDFC_2022, ED25519_SIGNATURE_2020)
+"""Suite names: a Data Integrity cryptosuite, or the proof type of a suite that has none."""
 
+_SECURITY = "https://w3id.org/security#"
+_PROOF_TYPE_IRI = {EDDSA_RDFC_2022: _SECURITY + DATA_INTEGRITY_PROOF,
+                   ED25519_SIGNATURE_2020: _SECURITY + ED25519_SIGNATURE_2020}
 _UTC_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 _XSD_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+Contexts = Mapping[str, Mapping[str, Any]] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +101,8 @@ class VerifiedProof:
         verification_method: the proof's ``verificationMethod`` as written.
         created: the proof's ``created`` as an aware UTC datetime, or None if absent.
         nonce: the proof's ``nonce``, or None.
-        cryptosuite: ``"eddsa-jcs-2022"``, or None for ``Ed25519Signature2020``.
+        cryptosuite: ``"eddsa-jcs-2022"`` or ``"eddsa-rdfc-2022"``, or None for
+            ``Ed25519Signature2020``.
         type: ``"DataIntegrityProof"`` or ``"Ed25519Signature2020"``.
         proof_purpose: the proof's ``proofPurpose``.
     """
@@ -94,6 +114,11 @@ class VerifiedProof:
     cryptosuite: str | None
     type: str
     proof_purpose: str
+
+    @property
+    def suite(self) -> str:
+        """One of :data:`SUITES`: the cryptosuite, or the proof type when it has none."""
+        return self.cryptosuite or self.type
 
 
 def xsd_datetime(moment: datetime) -> str:
@@ -128,8 +153,66 @@ def parse_xsd_datetime(text: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _hash_data(proof_config: dict[str, Any], document: dict[str, Any]) -> bytes:
-    return hashlib.sha256(canonical_json(proof_config)).digest() + hashlib.sha256(canonical_json(document)).digest()
+def suite_of(proof_type: Any, cryptosuite: Any) -> str:
+    """The suite a proof's ``type`` and ``cryptosuite`` name.
+
+    Raises:
+        UnsupportedCryptosuite: any combination but the three implemented suites.
+    """
+    if proof_type == DATA_INTEGRITY_PROOF and cryptosuite in (EDDSA_JCS_2022, EDDSA_RDFC_2022):
+        return str(cryptosuite)
+    if proof_type == ED25519_SIGNATURE_2020 and cryptosuite is None:
+        return ED25519_SIGNATURE_2020
+    if proof_type == ED25519_SIGNATURE_2020:
+        raise UnsupportedCryptosuite("Ed25519Signature2020 proofs carry no cryptosuite", param="proof.cryptosuite")
+    if proof_type == DATA_INTEGRITY_PROOF:
+        raise UnsupportedCryptosuite(f"unsupported cryptosuite {cryptosuite!r}; expected one of "
+                                     f"{(EDDSA_JCS_2022, EDDSA_RDFC_2022)}", param="proof.cryptosuite")
+    raise UnsupportedCryptosuite(f"unsupported proof type {proof_type!r}; expected one of {PROOF_TYPES}",
+                                 param="proof.type")
+
+
+def _rdf_canon(suite: str, document: dict[str, Any], what: str, contexts: Contexts) -> str:
+    if "@context" not in document:
+        raise CredentialContextMissing(f"an {suite} {what} must carry an @context")
+    return canonical_nquads(document, contexts=contexts)
+
+
+def _check_suite_context(suite: str, document: dict[str, Any]) -> None:
+    if suite != ED25519_SIGNATURE_2020:
+        return
+    context = document.get("@context")
+    names = context if isinstance(context, list) else [context]
+    if ED25519_2020_V1 not in names:
+        raise CredentialContextMissing(f"an Ed25519Signature2020 credential must include the {ED25519_2020_V1} "
+                                       "context", param="@context")
+
+
+def _hash_data(suite: str, proof_config: dict[str, Any], document: dict[str, Any], contexts: Contexts) -> bytes:
+    if suite == EDDSA_JCS_2022:
+        return hashlib.sha256(canonical_json(proof_config)).digest() + hashlib.sha256(canonical_json(document)).digest()
+    _check_suite_context(suite, document)
+    canonical_proof = _rdf_canon(suite, proof_config, "proof", contexts)
+    if not has_type(canonical_proof, _PROOF_TYPE_IRI[suite]):
+        raise CredentialContextMissing(f"the credential's @context does not define the proof type of {suite}",
+                                       param="@context")
+    canonical_document = _rdf_canon(suite, document, "credential", contexts)
+    return (hashlib.sha256(canonical_proof.encode("utf-8")).digest()
+            + hashlib.sha256(canonical_document.encode("utf-8")).digest())
+
+
+def _check_sign_options(key: SigningKey, created: Any, nonce: Any, proof_purpose: Any, vm: Any) -> None:
+    if not isinstance(created, str) or not _UTC_DATETIME.match(created):
+        raise InvalidInput("created must be an XMLSchema dateTime in UTC, e.g. 2024-05-01T12:00:00Z")
+    parse_xsd_datetime(created)
+    if nonce is not None and (not isinstance(nonce, str) or not nonce):
+        raise InvalidInput("nonce must be a non-empty string or None")
+    if not isinstance(proof_purpose, str) or not proof_purpose:
+        raise InvalidInput("proof_purpose must be a non-empty string")
+    if not isinstance(vm, str) or not vm:
+        raise InvalidInput("verification_method must be a non-empty string")
+    if vm.startswith(DID_KEY_PREFIX) and VerifyKey.from_did_key(vm) != key.verify_key:
+        raise InvalidInput("verification_method names a different did:key than the signing key")
 
 
 def sign_credential(
@@ -141,8 +224,10 @@ def sign_credential(
     verification_method: str | None = None,
     proof_purpose: str = "assertionMethod",
     proof_type: str = DATA_INTEGRITY_PROOF,
+    cryptosuite: str | None = None,
+    contexts: Contexts = None,
 ) -> dict[str, Any]:
-    """Return a copy of ``unsigned`` secured with an Ed25519 JCS Data Integrity proof.
+    """Return a copy of ``unsigned`` secured with an Ed25519 Data Integrity proof.
 
     Args:
         unsigned: the credential (a JSON object without ``proof``); not modified.
@@ -152,50 +237,43 @@ def sign_credential(
         nonce: a fresh random string for replay protection, or None to omit it.
         verification_method: defaults to the key's ``did:key:z…#z…``.
         proof_purpose: ``proofPurpose``; ``assertionMethod`` for credentials.
-        proof_type: ``"DataIntegrityProof"`` (``eddsa-jcs-2022``, default) or
-            ``"Ed25519Signature2020"`` (our JCS variant, legacy; see module docstring).
+        proof_type: ``"DataIntegrityProof"`` (default) or ``"Ed25519Signature2020"``.
+        cryptosuite: for ``DataIntegrityProof``: ``"eddsa-jcs-2022"`` (the default) or
+            ``"eddsa-rdfc-2022"``; must be None for ``Ed25519Signature2020``.
+        contexts: extra JSON-LD context documents by URL for the RDF suites.
 
     Raises:
+        UnsupportedCryptosuite: another proof type or cryptosuite.
         InvalidInput: ``unsigned`` is not an object, already has a proof, is not
-            canonicalisable, or an option is malformed.
+            canonicalisable (the RDF safe-mode errors included), or an option is malformed.
     """
     if not isinstance(unsigned, dict):
         raise InvalidInput("a credential must be a JSON object")
     if "proof" in unsigned:
         raise InvalidInput("credential already has a proof; proof sets are not supported")
+    if proof_type == DATA_INTEGRITY_PROOF and cryptosuite is None:
+        cryptosuite = EDDSA_JCS_2022
+    suite = suite_of(proof_type, cryptosuite)
     if not isinstance(key, SigningKey):
         raise InvalidInput("key must be a SigningKey")
-    if not isinstance(created, str) or not _UTC_DATETIME.match(created):
-        raise InvalidInput("created must be an XMLSchema dateTime in UTC, e.g. 2024-05-01T12:00:00Z")
-    parse_xsd_datetime(created)
-    if nonce is not None and (not isinstance(nonce, str) or not nonce):
-        raise InvalidInput("nonce must be a non-empty string or None")
-    if not isinstance(proof_purpose, str) or not proof_purpose:
-        raise InvalidInput("proof_purpose must be a non-empty string")
     vm = key.verify_key.verification_method if verification_method is None else verification_method
-    if not isinstance(vm, str) or not vm:
-        raise InvalidInput("verification_method must be a non-empty string")
-    if vm.startswith(DID_KEY_PREFIX) and VerifyKey.from_did_key(vm) != key.verify_key:
-        raise InvalidInput("verification_method names a different did:key than the signing key")
+    _check_sign_options(key, created, nonce, proof_purpose, vm)
 
     document = copy.deepcopy(unsigned)
     proof_config: dict[str, Any] = {"type": proof_type}
-    if proof_type == DATA_INTEGRITY_PROOF:
-        proof_config["cryptosuite"] = EDDSA_JCS_2022
-    elif proof_type != ED25519_SIGNATURE_2020:
-        raise InvalidInput(f"unsupported proof type {proof_type!r}; use one of {PROOF_TYPES}")
-    proof_config["created"] = created
-    proof_config["verificationMethod"] = vm
-    proof_config["proofPurpose"] = proof_purpose
+    if cryptosuite is not None:
+        proof_config["cryptosuite"] = cryptosuite
+    proof_config.update(created=created, verificationMethod=vm, proofPurpose=proof_purpose)
     if nonce is not None:
         proof_config["nonce"] = nonce
     if "@context" in document:
         proof_config["@context"] = copy.deepcopy(document["@context"])
 
-    signature = key.sign(_hash_data(proof_config, document))
+    signature = key.sign(_hash_data(suite, proof_config, document, contexts))
     proof = dict(proof_config)
-    if proof_type == ED25519_SIGNATURE_2020:
-        # Legacy shape: the proof relies on the document's @context (re-added when verifying).
+    if suite != EDDSA_JCS_2022:
+        # The RDF suites' proofs rely on the document's @context (re-added when verifying),
+        # as the W3C examples and vectors show them.
         proof.pop("@context", None)
     proof["proofValue"] = "z" + base58.b58encode(signature).decode("ascii")
     document["proof"] = proof
@@ -228,11 +306,38 @@ def _decode_proof_value(text: str) -> bytes:
     return signature
 
 
-def _issuer_id(document: dict[str, Any]) -> str | None:
+def issuer_id(document: dict[str, Any]) -> str | None:
+    """The credential's issuer id (``issuer`` as a string or ``issuer.id``), or None."""
     issuer = document.get("issuer")
     if isinstance(issuer, dict):
         issuer = issuer.get("id")
     return issuer if isinstance(issuer, str) else None
+
+
+def _resolve_key(vm: str, expected_key: VerifyKey | None) -> VerifyKey:
+    if expected_key is not None and not isinstance(expected_key, VerifyKey):
+        raise InvalidInput("expected_key must be a VerifyKey")
+    if vm.startswith(DID_KEY_PREFIX):
+        verify_key = VerifyKey.from_did_key(vm)
+        if expected_key is not None and verify_key != expected_key:
+            raise SignatureInvalid("proof was made by another key than the expected one")
+        return verify_key
+    if expected_key is not None:
+        return expected_key
+    raise InvalidInput(f"cannot resolve verification method {vm!r}: only did:key is resolved; pass expected_key",
+                       param="proof.verificationMethod")
+
+
+def _check_issuer(secured: dict[str, Any], verify_key: VerifyKey) -> None:
+    issuer = issuer_id(secured)
+    if issuer is None or not issuer.startswith(DID_KEY_PREFIX):
+        return
+    try:
+        same = VerifyKey.from_did_key(issuer) == verify_key
+    except InvalidInput:
+        same = False  # another key type (a P-256 did:key, ...) cannot be the Ed25519 signer
+    if not same:
+        raise SignatureInvalid("issuer is a different did:key than the proof's key")
 
 
 def verify_credential(
@@ -240,14 +345,19 @@ def verify_credential(
     *,
     expected_key: VerifyKey | None = None,
     expected_proof_purpose: str = "assertionMethod",
+    contexts: Contexts = None,
+    bind_issuer: bool = True,
 ) -> VerifiedProof:
-    """Verify the Ed25519 JCS Data Integrity proof on ``secured``.
+    """Verify the Ed25519 Data Integrity proof on ``secured`` (any of :data:`SUITES`).
 
     Args:
         secured: the credential with its ``proof``.
         expected_key: if given, the proof must have been made by this key (and a
             non-did:key verification method is then allowed and resolved to it).
         expected_proof_purpose: the ``proofPurpose`` the caller relies on.
+        contexts: extra JSON-LD context documents by URL for the RDF suites.
+        bind_issuer: a did:key ``issuer`` must be the signing key (default). False for a
+            third party's credential whose issuer is not its signer.
 
     Returns:
         The verified proof's facts. Freshness of ``created`` and ``nonce`` replay are the
@@ -256,8 +366,9 @@ def verify_credential(
     Raises:
         SignatureInvalid: the document or proof was altered, the key is not the expected
             one, the issuer is another did:key, or the proof purpose differs.
-        InvalidInput: the proof is missing or malformed, of an unsupported type/suite, or its
-            verification method cannot be resolved.
+        UnsupportedCryptosuite: the proof's type / cryptosuite is none of :data:`SUITES`.
+        InvalidInput: the proof is missing or malformed, its verification method cannot be
+            resolved, or the credential is refused by the RDF safe mode.
     """
     if not isinstance(secured, dict):
         raise InvalidInput("a credential must be a JSON object")
@@ -269,40 +380,16 @@ def verify_credential(
 
     proof_type = _required_str(proof, "type")
     cryptosuite = _optional_str(proof, "cryptosuite")
-    if proof_type == DATA_INTEGRITY_PROOF:
-        if cryptosuite != EDDSA_JCS_2022:
-            raise InvalidInput(f"unsupported cryptosuite {cryptosuite!r}; expected {EDDSA_JCS_2022}")
-    elif proof_type == ED25519_SIGNATURE_2020:
-        if cryptosuite is not None:
-            raise InvalidInput("Ed25519Signature2020 proofs carry no cryptosuite")
-    else:
-        raise InvalidInput(f"unsupported proof type {proof_type!r}; expected one of {PROOF_TYPES}")
+    suite = suite_of(proof_type, cryptosuite)
     proof_value = _required_str(proof, "proofValue")
     vm = _required_str(proof, "verificationMethod")
     purpose = _required_str(proof, "proofPurpose")
     created_text = _optional_str(proof, "created")
     created = parse_xsd_datetime(created_text) if created_text is not None else None
     nonce = _optional_str(proof, "nonce")
-    if expected_key is not None and not isinstance(expected_key, VerifyKey):
-        raise InvalidInput("expected_key must be a VerifyKey")
-
-    if vm.startswith(DID_KEY_PREFIX):
-        verify_key = VerifyKey.from_did_key(vm)
-        if expected_key is not None and verify_key != expected_key:
-            raise SignatureInvalid("proof was made by another key than the expected one")
-    elif expected_key is not None:
-        verify_key = expected_key
-    else:
-        raise InvalidInput(
-            f"cannot resolve verification method {vm!r}: only did:key is resolved; pass expected_key",
-            param="proof.verificationMethod",
-        )
-
-    issuer = _issuer_id(secured)
-    if issuer is not None and issuer.startswith(DID_KEY_PREFIX):
-        if VerifyKey.from_did_key(issuer) != verify_key:
-            raise SignatureInvalid("issuer is a different did:key than the proof's key")
-
+    verify_key = _resolve_key(vm, expected_key)
+    if bind_issuer:
+        _check_issuer(secured, verify_key)
     if purpose != expected_proof_purpose:
         raise SignatureInvalid(f"proof purpose {purpose!r} is not {expected_proof_purpose!r}")
 
@@ -317,7 +404,7 @@ def verify_credential(
         proof_config["@context"] = unsecured["@context"]
 
     signature = _decode_proof_value(proof_value)
-    verify_key.verify(_hash_data(proof_config, unsecured), signature)
+    verify_key.verify(_hash_data(suite, proof_config, unsecured, contexts), signature)
     return VerifiedProof(
         verify_key=verify_key,
         verification_method=vm,
