@@ -3,10 +3,13 @@ response that breaks it (schemathesis, bounded number of cases, embedded store):
 check on, so a request valid by the document is not refused with a 4xx other than 401, 403,
 404, 409 (positive_data_acceptance) and one invalid by it is refused (negative_data_rejection).
 
-A 10,000-case run by hand is recorded in docs/api.md ("Fuzzing")."""
+The suite runs 25 cases per operation; ``AIMARKET_FUZZ_EXAMPLES=N`` runs N (the 10,000-case run
+recorded in docs/api.md, "Fuzzing", is ``AIMARKET_FUZZ_EXAMPLES=70``); every case run is
+counted and the total printed at the end of the module (``-s``)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -121,8 +124,21 @@ def _as_a_client_writes_it(case: Any) -> None:
                       for k, v in case.query.items() if k not in OPAQUE_QUERY}
 
 
+FUZZ_EXAMPLES = int(os.environ.get("AIMARKET_FUZZ_EXAMPLES", "25"))
+CASES_RUN: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _count_cases():
+    yield
+    total = sum(CASES_RUN.values())
+    print(f"\nschemathesis: {total} cases over {len(CASES_RUN)} operations, 0 failures unless reported above")
+
+
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_fuzz_api_from_its_own_spec(case, fuzz_app) -> None:
     _as_a_client_writes_it(case)
     case.call_and_validate(headers=fuzz_app.fuzz_headers)
+    label = case.operation.label
+    CASES_RUN[label] = CASES_RUN.get(label, 0) + 1
