@@ -4,7 +4,7 @@ check on, so a request valid by the document is not refused with a 4xx other tha
 404, 409 (positive_data_acceptance) and one invalid by it is refused (negative_data_rejection).
 
 The suite runs 25 cases per operation; ``AIMARKET_FUZZ_EXAMPLES=N`` runs N (the 10,000-case run
-recorded in docs/api.md, "Fuzzing", is ``AIMARKET_FUZZ_EXAMPLES=70``); every case run is
+recorded in docs/benchmarks.md, "API fuzzing", is ``AIMARKET_FUZZ_EXAMPLES=250``); every case run is
 counted and the total printed at the end of the module (``-s``)."""
 
 from __future__ import annotations
