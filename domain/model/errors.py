@@ -682,3 +682,37 @@ class CredentialNotJsonLd(InvalidInput):
 
     code = "vc_invalid_jsonld"
     title = "Credential is not valid JSON-LD"
+
+
+# -- audit trail: the Merkle tree over the log, signed tree heads (domain/model/merkle.py,
+# domain/model/tree_head.py, domain/app/audit_trail.py) ---------------------------------------
+class ProofInvalid(InvalidInput):
+    """Raised when a Merkle inclusion or consistency proof does not verify, or has the wrong
+    shape (a hash that is not 32 bytes, an index outside the tree, a size 0)."""
+
+    code = "proof_invalid"
+    title = "Merkle proof does not verify"
+
+
+class TreeHeadInvalid(InvalidInput):
+    """Raised when a signed tree head (a checkpoint in signed-note form) is malformed, or no
+    signature on it verifies under the keys given."""
+
+    code = "tree_head_invalid"
+    title = "Signed tree head does not verify"
+
+
+class TreeHeadNotFound(NotFound):
+    """Raised when no signed tree head of the asked size exists (or none has been signed yet)."""
+
+    code = "tree_head_not_found"
+    title = "No such signed tree head"
+
+
+class TreeInconsistent(Conflict):
+    """Raised when the log no longer reproduces what the audit tree recorded: a leaf recomputed
+    from an event differs from the stored one, or the tree disagrees with a signed head. The
+    tree refuses to grow (or to sign) past it, so two inconsistent heads are never signed."""
+
+    code = "tree_inconsistent"
+    title = "The log disagrees with the audit tree"
