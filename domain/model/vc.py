@@ -56,10 +56,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import base58
@@ -73,6 +72,7 @@ from domain.model.errors import (
 from domain.model.jcs import canonical_json
 from domain.model.keys import DID_KEY_PREFIX, SIGNATURE_BYTES, SigningKey, VerifyKey
 from domain.model.vc_contexts import ED25519_2020_V1
+from domain.model.vc_datetime import UTC_DATETIME, parse_xsd_datetime, xsd_datetime  # noqa: F401 (re-exported)
 from domain.model.vc_rdfc import canonical_nquads, has_type
 
 DATA_INTEGRITY_PROOF = "DataIntegrityProof"
@@ -86,8 +86,6 @@ SUITES = (EDDSA_JCS_2022, EDDSA_RDFC_2022, ED25519_SIGNATURE_2020)
 _SECURITY = "https://w3id.org/security#"
 _PROOF_TYPE_IRI = {EDDSA_RDFC_2022: _SECURITY + DATA_INTEGRITY_PROOF,
                    ED25519_SIGNATURE_2020: _SECURITY + ED25519_SIGNATURE_2020}
-_UTC_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-_XSD_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 Contexts = Mapping[str, Mapping[str, Any]] | None
 
@@ -119,38 +117,6 @@ class VerifiedProof:
     def suite(self) -> str:
         """One of :data:`SUITES`: the cryptosuite, or the proof type when it has none."""
         return self.cryptosuite or self.type
-
-
-def xsd_datetime(moment: datetime) -> str:
-    """Format an aware datetime as an XMLSchema dateTime in UTC: ``2024-05-01T12:00:00Z``.
-
-    Microseconds are kept only when non-zero.
-    """
-    if not isinstance(moment, datetime) or moment.utcoffset() is None:
-        raise InvalidInput("an aware datetime is required")
-    utc = moment.astimezone(UTC)
-    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
-    if utc.microsecond:
-        text += f".{utc.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-def parse_xsd_datetime(text: str) -> datetime:
-    """Parse an XMLSchema dateTime that carries a time zone into an aware UTC datetime.
-
-    Raises:
-        InvalidInput: not a dateTime, or no time zone.
-    """
-    match = _XSD_DATETIME.match(text) if isinstance(text, str) else None
-    if not match:
-        raise InvalidInput("expected an XMLSchema dateTime with a time zone, e.g. 2024-05-01T12:00:00Z")
-    base, fraction, zone = match.groups()
-    fraction = (fraction or "")[:7]  # keep at most microseconds
-    try:
-        parsed = datetime.fromisoformat(base + fraction + ("+00:00" if zone == "Z" else zone))
-    except ValueError as exc:
-        raise InvalidInput(f"invalid dateTime {text!r}") from exc
-    return parsed.astimezone(UTC)
 
 
 def suite_of(proof_type: Any, cryptosuite: Any) -> str:
@@ -202,7 +168,7 @@ def _hash_data(suite: str, proof_config: dict[str, Any], document: dict[str, Any
 
 
 def _check_sign_options(key: SigningKey, created: Any, nonce: Any, proof_purpose: Any, vm: Any) -> None:
-    if not isinstance(created, str) or not _UTC_DATETIME.match(created):
+    if not isinstance(created, str) or not UTC_DATETIME.match(created):
         raise InvalidInput("created must be an XMLSchema dateTime in UTC, e.g. 2024-05-01T12:00:00Z")
     parse_xsd_datetime(created)
     if nonce is not None and (not isinstance(nonce, str) or not nonce):
@@ -213,6 +179,60 @@ def _check_sign_options(key: SigningKey, created: Any, nonce: Any, proof_purpose
         raise InvalidInput("verification_method must be a non-empty string")
     if vm.startswith(DID_KEY_PREFIX) and VerifyKey.from_did_key(vm) != key.verify_key:
         raise InvalidInput("verification_method names a different did:key than the signing key")
+
+
+def create_proof(
+    document: dict[str, Any],
+    key: SigningKey,
+    *,
+    created: str,
+    nonce: str | None,
+    verification_method: str | None = None,
+    proof_purpose: str = "assertionMethod",
+    proof_type: str = DATA_INTEGRITY_PROOF,
+    cryptosuite: str | None = None,
+    contexts: Contexts = None,
+    proof_id: str | None = None,
+    previous_proof: str | list[str] | None = None,
+) -> dict[str, Any]:
+    """The proof object over ``document`` exactly as hashed (the caller attaches it).
+
+    ``document`` is what the proof covers: the credential without proofs, or for a chained
+    proof the credential with ``proof`` set to the proofs ``previous_proof`` names
+    (``domain.model.vc_sets``). ``proof_id`` and ``previous_proof`` become the proof's ``id``
+    and ``previousProof`` options. The other arguments are those of :func:`sign_credential`.
+    """
+    if proof_type == DATA_INTEGRITY_PROOF and cryptosuite is None:
+        cryptosuite = EDDSA_JCS_2022
+    suite = suite_of(proof_type, cryptosuite)
+    if not isinstance(key, SigningKey):
+        raise InvalidInput("key must be a SigningKey")
+    vm = key.verify_key.verification_method if verification_method is None else verification_method
+    _check_sign_options(key, created, nonce, proof_purpose, vm)
+    if proof_id is not None and (not isinstance(proof_id, str) or not proof_id):
+        raise InvalidInput("proof_id must be a non-empty string or None")
+
+    proof_config: dict[str, Any] = {"type": proof_type}
+    if proof_id is not None:
+        proof_config["id"] = proof_id
+    if cryptosuite is not None:
+        proof_config["cryptosuite"] = cryptosuite
+    proof_config.update(created=created, verificationMethod=vm, proofPurpose=proof_purpose)
+    if previous_proof is not None:
+        proof_config["previousProof"] = copy.deepcopy(previous_proof)
+    if nonce is not None:
+        proof_config["nonce"] = nonce
+    if "@context" in document:
+        proof_config["@context"] = copy.deepcopy(document["@context"])
+
+    signature = key.sign(_hash_data(suite, proof_config, document, contexts))
+    proof = dict(proof_config)
+    if suite != EDDSA_JCS_2022:
+        # The RDF suites' proofs rely on the document's @context (re-added when verifying),
+        # as the W3C examples and vectors show them.
+        proof.pop("@context", None)
+    proof["proofValue"] = "z" + base58.b58encode(signature).decode("ascii")
+    return proof
 
 
 def sign_credential(
@@ -250,33 +270,11 @@ def sign_credential(
     if not isinstance(unsigned, dict):
         raise InvalidInput("a credential must be a JSON object")
     if "proof" in unsigned:
-        raise InvalidInput("credential already has a proof; proof sets are not supported")
-    if proof_type == DATA_INTEGRITY_PROOF and cryptosuite is None:
-        cryptosuite = EDDSA_JCS_2022
-    suite = suite_of(proof_type, cryptosuite)
-    if not isinstance(key, SigningKey):
-        raise InvalidInput("key must be a SigningKey")
-    vm = key.verify_key.verification_method if verification_method is None else verification_method
-    _check_sign_options(key, created, nonce, proof_purpose, vm)
-
+        raise InvalidInput("credential already has a proof; add one with domain.model.vc_sets.add_proof")
     document = copy.deepcopy(unsigned)
-    proof_config: dict[str, Any] = {"type": proof_type}
-    if cryptosuite is not None:
-        proof_config["cryptosuite"] = cryptosuite
-    proof_config.update(created=created, verificationMethod=vm, proofPurpose=proof_purpose)
-    if nonce is not None:
-        proof_config["nonce"] = nonce
-    if "@context" in document:
-        proof_config["@context"] = copy.deepcopy(document["@context"])
-
-    signature = key.sign(_hash_data(suite, proof_config, document, contexts))
-    proof = dict(proof_config)
-    if suite != EDDSA_JCS_2022:
-        # The RDF suites' proofs rely on the document's @context (re-added when verifying),
-        # as the W3C examples and vectors show them.
-        proof.pop("@context", None)
-    proof["proofValue"] = "z" + base58.b58encode(signature).decode("ascii")
-    document["proof"] = proof
+    document["proof"] = create_proof(
+        document, key, created=created, nonce=nonce, verification_method=verification_method,
+        proof_purpose=proof_purpose, proof_type=proof_type, cryptosuite=cryptosuite, contexts=contexts)
     return document
 
 
@@ -328,7 +326,8 @@ def _resolve_key(vm: str, expected_key: VerifyKey | None) -> VerifyKey:
                        param="proof.verificationMethod")
 
 
-def _check_issuer(secured: dict[str, Any], verify_key: VerifyKey) -> None:
+def check_issuer(secured: dict[str, Any], verify_key: VerifyKey) -> None:
+    """Refuse a did:key ``issuer`` that is not ``verify_key`` (other issuers are not looked at)."""
     issuer = issuer_id(secured)
     if issuer is None or not issuer.startswith(DID_KEY_PREFIX):
         return
@@ -338,6 +337,57 @@ def _check_issuer(secured: dict[str, Any], verify_key: VerifyKey) -> None:
         same = False  # another key type (a P-256 did:key, ...) cannot be the Ed25519 signer
     if not same:
         raise SignatureInvalid("issuer is a different did:key than the proof's key")
+
+
+def verify_proof(
+    document: dict[str, Any],
+    proof: Any,
+    *,
+    expected_key: VerifyKey | None = None,
+    expected_proof_purpose: str = "assertionMethod",
+    contexts: Contexts = None,
+) -> VerifiedProof:
+    """Verify one proof object over ``document`` (what it covers, without the proof itself).
+
+    The building block of :func:`verify_credential` and of proof sets and chains
+    (``domain.model.vc_sets``); the issuer is not looked at here. Raises as
+    :func:`verify_credential`.
+    """
+    if not isinstance(proof, dict):
+        raise InvalidInput("a proof must be a JSON object", param="proof")
+    proof_type = _required_str(proof, "type")
+    cryptosuite = _optional_str(proof, "cryptosuite")
+    suite = suite_of(proof_type, cryptosuite)
+    proof_value = _required_str(proof, "proofValue")
+    vm = _required_str(proof, "verificationMethod")
+    purpose = _required_str(proof, "proofPurpose")
+    created_text = _optional_str(proof, "created")
+    created = parse_xsd_datetime(created_text) if created_text is not None else None
+    nonce = _optional_str(proof, "nonce")
+    verify_key = _resolve_key(vm, expected_key)
+    if purpose != expected_proof_purpose:
+        raise SignatureInvalid(f"proof purpose {purpose!r} is not {expected_proof_purpose!r}")
+
+    proof_config = {name: value for name, value in proof.items() if name != "proofValue"}
+    if "@context" in proof_config:
+        if "@context" not in document or canonical_json(proof_config["@context"]) != canonical_json(
+            document["@context"]
+        ):
+            raise SignatureInvalid("document @context differs from the signed proof @context")
+    elif "@context" in document:
+        proof_config["@context"] = document["@context"]
+
+    signature = _decode_proof_value(proof_value)
+    verify_key.verify(_hash_data(suite, proof_config, document, contexts), signature)
+    return VerifiedProof(
+        verify_key=verify_key,
+        verification_method=vm,
+        created=created,
+        nonce=nonce,
+        cryptosuite=cryptosuite,
+        type=proof_type,
+        proof_purpose=purpose,
+    )
 
 
 def verify_credential(
@@ -351,7 +401,8 @@ def verify_credential(
     """Verify the Ed25519 Data Integrity proof on ``secured`` (any of :data:`SUITES`).
 
     Args:
-        secured: the credential with its ``proof``.
+        secured: the credential with its ``proof`` (one object; proof sets and chains:
+            ``domain.model.vc_sets.verify_proof_set``).
         expected_key: if given, the proof must have been made by this key (and a
             non-did:key verification method is then allowed and resolved to it).
         expected_proof_purpose: the ``proofPurpose`` the caller relies on.
@@ -374,43 +425,12 @@ def verify_credential(
         raise InvalidInput("a credential must be a JSON object")
     proof = secured.get("proof")
     if isinstance(proof, list):
-        raise InvalidInput("proof sets are not supported; expected a single proof object", param="proof")
+        raise InvalidInput("proof sets are not supported here; expected a single proof object", param="proof")
     if not isinstance(proof, dict):
         raise InvalidInput("credential has no proof object", param="proof")
-
-    proof_type = _required_str(proof, "type")
-    cryptosuite = _optional_str(proof, "cryptosuite")
-    suite = suite_of(proof_type, cryptosuite)
-    proof_value = _required_str(proof, "proofValue")
-    vm = _required_str(proof, "verificationMethod")
-    purpose = _required_str(proof, "proofPurpose")
-    created_text = _optional_str(proof, "created")
-    created = parse_xsd_datetime(created_text) if created_text is not None else None
-    nonce = _optional_str(proof, "nonce")
-    verify_key = _resolve_key(vm, expected_key)
-    if bind_issuer:
-        _check_issuer(secured, verify_key)
-    if purpose != expected_proof_purpose:
-        raise SignatureInvalid(f"proof purpose {purpose!r} is not {expected_proof_purpose!r}")
-
     unsecured = {name: value for name, value in secured.items() if name != "proof"}
-    proof_config = {name: value for name, value in proof.items() if name != "proofValue"}
-    if "@context" in proof_config:
-        if "@context" not in unsecured or canonical_json(proof_config["@context"]) != canonical_json(
-            unsecured["@context"]
-        ):
-            raise SignatureInvalid("document @context differs from the signed proof @context")
-    elif "@context" in unsecured:
-        proof_config["@context"] = unsecured["@context"]
-
-    signature = _decode_proof_value(proof_value)
-    verify_key.verify(_hash_data(suite, proof_config, unsecured, contexts), signature)
-    return VerifiedProof(
-        verify_key=verify_key,
-        verification_method=vm,
-        created=created,
-        nonce=nonce,
-        cryptosuite=cryptosuite,
-        type=proof_type,
-        proof_purpose=purpose,
-    )
+    verified = verify_proof(unsecured, proof, expected_key=expected_key, expected_proof_purpose=expected_proof_purpose,
+                            contexts=contexts)
+    if bind_issuer:
+        check_issuer(secured, verified.verify_key)
+    return verified
