@@ -625,6 +625,65 @@ class ReceiptWrongToken(ReceiptInvalid):
     title = "Receipt or confirmation for another token"
 
 
+# -- signed traces, node -> hub (domain/model/envelope.py, domain/app/traces.py) -------------
+class TraceEnvelopeInvalid(InvalidInput):
+    """Raised when a trace envelope is not the closed, bounded structure docs/protocol.md fixes."""
+
+    code = "trace_envelope_invalid"
+    title = "Malformed trace envelope"
+
+
+class TraceSignatureInvalid(SignatureInvalid):
+    """Raised when a trace envelope's proof does not verify under its issuer's key."""
+
+    code = "trace_signature_invalid"
+    title = "Trace envelope signature does not verify"
+
+
+class TraceWrongAudience(Forbidden):
+    """Raised when a trace envelope is addressed to another hub."""
+
+    code = "trace_wrong_audience"
+    title = "Trace envelope for another hub"
+
+
+class TraceClockSkew(InvalidInput):
+    """Raised when a trace envelope's send time is more than 30 s from the hub clock."""
+
+    code = "trace_clock_skew"
+    title = "Trace envelope time outside the allowed skew"
+
+
+class TraceReplayed(TokenReplayed):
+    """Raised when a trace envelope's nonce was already used by that device."""
+
+    code = "trace_replayed"
+    title = "Trace envelope replayed"
+
+
+class TraceEntryHashMismatch(TraceEnvelopeInvalid):
+    """Raised when an entry's ``entry_hash`` is not the hash of the entry it carries."""
+
+    code = "trace_entry_hash_mismatch"
+    title = "Outbox entry hash mismatch"
+
+
+class TraceChainGap(Conflict):
+    """Raised when an outbox entry arrives before its predecessor was recorded (``expected_seq``
+    in the problem says where to resume)."""
+
+    code = "trace_chain_gap"
+    title = "Outbox entries missing before this one"
+
+
+class TraceChainFork(Conflict):
+    """Raised when an outbox entry contradicts the recorded chain: another hash at a recorded
+    ``seq``, or a ``prev_hash`` that is not the recorded predecessor's."""
+
+    code = "trace_chain_fork"
+    title = "Outbox chain forked"
+
+
 # credentials (VC suites): domain/model/vc.py, domain/model/vc_rdfc.py
 class UnsupportedCryptosuite(InvalidInput):
     """Raised when a proof names a type or cryptosuite we do not implement exactly (we support
