@@ -41,6 +41,7 @@ from api.jsonbytes import json_bytes
 from api.logging import request_line
 from api.openapi import body_rule, build_spec
 from api.resources import audit, catalogue, devices, identity, metrics, money, system
+from api.resources.traces import Traces
 from domain.model.errors import InvalidInput
 from domain.model.json_input import check_depth
 
@@ -185,6 +186,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/devices/me", devices.DeviceSelf(market)),
         ("/v1/devices/{device_id}", devices.Device(market)),
         ("/v1/devices/{device_id}/keys", devices.DeviceKeys(market)),
+        ("/v1/traces", Traces(market)),
         ("/v1/audit/events", audit.AuditEvents(views)),
         ("/v1/listings", catalogue.Listings(market)),
         ("/v1/listings/{listing_id}", catalogue.Listing(market, views)),

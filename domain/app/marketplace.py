@@ -29,6 +29,7 @@ from domain.app.payouts import PayoutService
 from domain.app.purchases import PurchaseConfig, PurchaseService
 from domain.app.refunds import RefundService
 from domain.app.settlement import SettlementService
+from domain.app.traces import TraceService
 from domain.model.account import Account
 from domain.model.base import MarketAggregate, Meta
 from domain.model.channel import Channel
@@ -56,8 +57,8 @@ class Marketplace(FastSaveApplication):
     """The single writer of the event log, composed of one service per area.
 
     ``market.identity``, ``.devices``, ``.catalogue``, ``.money``, ``.payouts``,
-    ``.settlement``, ``.refunds`` and ``.purchases`` hold the commands; this class holds what they share:
-    loading, saving, the retry rule for lost races, the clock and the platform keyring.
+    ``.settlement``, ``.refunds``, ``.purchases`` and ``.traces`` hold the commands; this class holds
+    what they share: loading, saving, the retry rule for lost races, the clock and the platform keyring.
     """
 
     name = "aimarket"
@@ -86,6 +87,7 @@ class Marketplace(FastSaveApplication):
         self.payouts = PayoutService(self)
         self.settlement = SettlementService(self)
         self.refunds = RefundService(self)
+        self.traces = TraceService(self)
         self.purchases = PurchaseService(self, purchase_config)
 
     def now_s(self) -> int:

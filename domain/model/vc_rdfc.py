@@ -143,7 +143,13 @@ class _BoundedURDNA2015(URDNA2015):
 
 
 def _relative(value: Any) -> bool:
-    return not isinstance(value, str) or not (value.startswith("_:") or _ABSOLUTE_IRI.match(value))
+    """True for what is no absolute IRI or blank node id (RDF conversion drops such a triple)."""
+    if not isinstance(value, str) or not (value.startswith("_:") or _ABSOLUTE_IRI.match(value)):
+        return True
+    if _FORBIDDEN_IRI.search(value):
+        # pyld would drop an IRI with white space and serialise one with <>"{}|^`\ ambiguously.
+        raise CredentialControlCharacter(f"the IRI {value[:80]!r} holds a character N-Quads cannot carry")
+    return False
 
 
 def _check_expanded(expanded: list[Any]) -> None:
@@ -224,7 +230,9 @@ def canonical_nquads(document: dict[str, Any], *, contexts: Mapping[str, Mapping
     # context could shadow another's) and is not safe to share between threads.
     options: dict[str, Any] = {
         "documentLoader": loader, "contextResolver": ContextResolver(LRUCache(maxsize=64), loader),
-        "base": "", "processingMode": "json-ld-1.1", "extractAllScripts": False,
+        # No base IRI: a relative id stays relative (and is refused) instead of being resolved against
+        # pyld's stand-in base http://example.org/base/.
+        "base": None, "processingMode": "json-ld-1.1", "extractAllScripts": False,
     }
     try:
         expanded = processor.expand(document, dict(options))
