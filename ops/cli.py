@@ -98,6 +98,28 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_check_credential(args: argparse.Namespace) -> int:
+    """Verify a VC file (eddsa-jcs-2022, eddsa-rdfc-2022, Ed25519Signature2020; proof sets and
+    chains): suite, issuer and result on stdout, exit 0; or one error line with its code, exit 1."""
+    from ops.credentials import check
+
+    verified, lines = check(args.file, key=args.key, contexts=args.context, proof_purpose=args.proof_purpose,
+                            any_issuer=args.any_issuer)
+    print("\n".join(lines), file=sys.stdout if verified else sys.stderr)
+    return 0 if verified else 1
+
+
+def cmd_audit_sign_credential(args: argparse.Namespace) -> int:
+    """Secure a VC file with a proof of the given suite (deterministic given --created)."""
+    from ops.credentials import sign, write_json
+
+    write_json(sign(args.file, key_file=args.key_file, suite=args.suite, created=args.created,
+                    verification_method=args.verification_method, proof_purpose=args.proof_purpose,
+                    nonce=args.nonce, contexts=args.context, proof_id=args.proof_id,
+                    previous_proof=args.previous_proof), args.out)
+    return 0
+
+
 def cmd_projections_status(args: argparse.Namespace) -> int:
     """Each projection's position, the head, lag, state and last error; exits 1 when one is stalled."""
     from projections.health import read_health, status_table
@@ -195,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = audit.add_parser("replay", help="rebuild read models from position 0")
     replay.add_argument("--projection", help="only this projection")
     replay.set_defaults(func=cmd_audit_replay)
+    _credential_parsers(audit)
     projections = sub.add_parser("projections", help="projection health; resume one after a fix").add_subparsers(
         dest="projections_command", required=True)
     status = projections.add_parser("status", help="position, head, lag, state and last error of each projection")
@@ -220,6 +243,46 @@ def build_parser() -> argparse.ArgumentParser:
     settle.add_argument("channel_id")
     settle.set_defaults(func=cmd_settle)
     return parser
+
+
+CONTEXT_HELP = ("URL=FILE: a JSON-LD context document to use for URL besides the bundled ones (repeatable; "
+                "contexts are never fetched)")
+
+
+def _credential_parsers(audit: Any) -> None:
+    """``audit check-credential`` and ``audit sign-credential`` (docs/audit.md, "Credentials")."""
+    check = audit.add_parser(
+        "check-credential", help="verify a W3C Verifiable Credential file (eddsa-jcs-2022, eddsa-rdfc-2022, "
+        "Ed25519Signature2020; proof sets and chains)",
+        description="Prints the suite, the issuer and the result; exits 0 only when every proof verifies, "
+        "otherwise prints one line 'error [code]: ...' and exits 1.")
+    check.add_argument("file", help="the credential, a JSON file")
+    check.add_argument("--key", help="the signer's public key (z6Mk... multibase or did:key), needed when the "
+                       "verification method is not a did:key; a did:key method must be this key")
+    check.add_argument("--context", action="append", metavar="URL=FILE", help=CONTEXT_HELP)
+    check.add_argument("--proof-purpose", default="assertionMethod", help="the proofPurpose required "
+                       "(default assertionMethod)")
+    check.add_argument("--any-issuer", action="store_true", help="do not require a did:key issuer to be the "
+                       "signing key (a third party's credential)")
+    check.set_defaults(func=cmd_audit_check_credential)
+    sign = audit.add_parser(
+        "sign-credential", help="secure a credential file with a proof (for interoperability tests)",
+        description="Writes the credential with its proof (JSON) to stdout or --out. The same file, key, suite "
+        "and --created give the same bytes. A file that already has a proof gets a second one (a proof set).")
+    sign.add_argument("file", help="the credential, a JSON file")
+    sign.add_argument("--key-file", required=True, help="Ed25519 private key, mode 600: an OKP JWK, a keyPair "
+                      "JSON with secretKeyMultibase, or a z3u2... multibase secret key")
+    sign.add_argument("--suite", required=True, help="eddsa-jcs-2022, eddsa-rdfc-2022 or Ed25519Signature2020")
+    sign.add_argument("--created", help="proof creation time, e.g. 2025-06-01T10:00:00Z (default: now)")
+    sign.add_argument("--verification-method", help="default: the key's did:key#fragment")
+    sign.add_argument("--proof-purpose", default="assertionMethod", help="default assertionMethod")
+    sign.add_argument("--nonce", help="a nonce for the proof (none by default)")
+    sign.add_argument("--proof-id", help="an id for the new proof, so that a later proof can chain to it")
+    sign.add_argument("--previous-proof", action="append", metavar="ID", help="chain the new proof to this "
+                      "proof id of the file (repeatable)")
+    sign.add_argument("--context", action="append", metavar="URL=FILE", help=CONTEXT_HELP)
+    sign.add_argument("--out", help="write here instead of stdout")
+    sign.set_defaults(func=cmd_audit_sign_credential)
 
 
 def check_arguments(args: argparse.Namespace) -> None:

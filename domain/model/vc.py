@@ -322,7 +322,8 @@ def _resolve_key(vm: str, expected_key: VerifyKey | None) -> VerifyKey:
         return verify_key
     if expected_key is not None:
         return expected_key
-    raise InvalidInput(f"cannot resolve verification method {vm!r}: only did:key is resolved; pass expected_key",
+    raise InvalidInput(f"cannot resolve verification method {vm!r}: only did:key is resolved; give its key "
+                       "(expected_key, --key)",
                        param="proof.verificationMethod")
 
 
