@@ -21,14 +21,16 @@ from domain.model.tokens import encode_device_jwt
 
 
 class HubError(MarketError):
-    """Raised when the hub answers with a problem (its code is kept) or cannot be reached."""
+    """Raised when the hub answers with a problem (its code and members are kept) or cannot be
+    reached (status 0, ``hub_unreachable``)."""
 
     code = "hub_error"
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, problem: dict[str, Any] | None = None) -> None:
         super().__init__(f"hub answered {status} {code}: {detail}")
         self.status = status
         self.code = code
+        self.problem = problem or {}
 
 
 class HubClient:
@@ -59,7 +61,7 @@ class HubClient:
                 problem = {}
             code, detail = problem.get("code"), problem.get("detail")
             raise HubError(exc.code, code if isinstance(code, str) else "http_error",
-                           detail if isinstance(detail, str) else str(exc.reason)) from None
+                           detail if isinstance(detail, str) else str(exc.reason), problem) from None
         except (urllib.error.URLError, OSError) as exc:
             raise HubError(0, "hub_unreachable", f"cannot reach {self.base_url}: {exc}") from None
         return _parse(raw) if raw else None

@@ -1,4 +1,4 @@
-"""The delivery commands of ``aim-node``: ``serve``, ``fetch`` and ``purchase-key``."""
+"""The delivery commands of ``aim-node``: ``serve``, ``fetch``, ``purchase-key`` and ``outbox``."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from domain.model.delivery import jwk_thumbprint
-from domain.model.errors import InvalidInput
+from domain.model.errors import InvalidInput, MarketError
 from domain.model.keys import SigningKey, VerifyKey
 from node.delivery.keys import load_buyer_key, save_buyer_key
 from node.delivery.run import announce, hub_keys_from_discovery, parse_hub_keys, serve
 from node.delivery.server import ServerConfig
+from node.delivery.uplink import HubKeys, Uplink, UplinkThread, wall_ms
 from node.delivery.wire import parse_endpoint
 from node.hub_client import HubClient
+from node.outbox import Outbox
 
 DEFAULT_LISTEN = "127.0.0.1:9090"
 
@@ -39,17 +41,47 @@ def _listen(args: argparse.Namespace, home: Path) -> tuple[str, int]:
     return parse_endpoint(saved.read_text().strip() if saved.exists() else DEFAULT_LISTEN)
 
 
+def _serve_keys(args: argparse.Namespace, home: Path, uplink: Uplink | None) -> HubKeys:
+    """Pinned ``--hub-key``s, else the hub's discovery document, else the keys cached from the
+    last one (``<home>/hub_keys.json``): a node starts, and keeps its traces, while the hub is away."""
+    keys = HubKeys(parse_hub_keys(args.hub_key) if args.hub_key else {}, cache=home / "hub_keys.json")
+    if not keys.pinned and uplink is not None:
+        try:
+            keys.learn(uplink.discover(), wall_ms())
+        except MarketError as exc:
+            print(json.dumps({"uplink": "hub_unavailable_at_start", "code": exc.code}), file=sys.stderr)
+    if not keys.trusted(wall_ms()):
+        if uplink is None:
+            raise InvalidInput("no hub key: give --hub-key (--offline never asks the hub)")
+        print(json.dumps({"uplink": "no_hub_key_yet", "detail": "tokens are refused until the hub is reached"}),
+              file=sys.stderr)
+    return keys
+
+
 def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
     store = load(args)
     if not store.device_id:
         raise InvalidInput("this node is not enrolled yet: run `aim-node enroll` first")
+    hub_url = args.hub or store.hub_url
+    if not args.offline and not hub_url:
+        raise InvalidInput("no hub to report to: give --hub URL, or run with --offline")
+    link = None if args.offline else Uplink(HubClient(hub_url, timeout_s=10.0), device_id=store.device_id,
+                                            key=store.signing_key)
+    hub_keys = _serve_keys(args, home, link)
     keys = [store.signing_key] + ([store.previous_signing_key] if store.previous_signing_key else [])
-    config = ServerConfig(device_id=store.device_id, device_keys=keys, hub_keys=_hub_keys(args, store.hub_url),
+    config = ServerConfig(device_id=store.device_id, device_keys=keys, hub_keys=hub_keys.trusted(wall_ms()),
                           max_connections=args.max_connections, max_per_client=args.max_per_client,
                           idle_timeout_s=args.idle_timeout, max_transfer_s=args.max_transfer,
                           max_resumes=args.max_resumes, max_rate_bps=args.max_rate)
+    uplink = None
+    if link is not None:
+        def on_keys(trusted: dict[str, VerifyKey]) -> None:
+            config.hub_keys = trusted  # one assignment: each new connection reads the current dict
+
+        uplink = UplinkThread(home / "outbox.sqlite", link, hub_keys=hub_keys, on_keys=on_keys,
+                              heartbeat_s=args.heartbeat, refresh_s=args.keys_refresh, pump_s=args.pump)
     host, port = _listen(args, home)
-    asyncio.run(serve(config, home, host, port, ready=announce))
+    asyncio.run(serve(config, home, host, port, uplink=uplink, ready=announce))
     return 0
 
 
@@ -90,8 +122,48 @@ def cmd_fetch(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any
     proof.write_text(json.dumps({"receipt": result.receipt, "confirmation": result.confirmation}, indent=2) + "\n")
     outcome = result.receipt["credentialSubject"]["outcome"] if result.receipt else None
     print(json.dumps({"fetched": str(result.path), "size_bytes": result.size_bytes, "attempts": result.attempts,
-                      "receipt": str(proof), "outcome": outcome}, indent=2))
+                      "receipt": str(proof), "outcome": outcome,
+                      "reported": _report_confirmation(args, load, home, result.confirmation)}, indent=2))
     return 0
+
+
+def _report_confirmation(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path,
+                         confirmation: dict[str, Any]) -> dict[str, Any]:
+    """The buyer's node reports its confirmation like any trace: into its own outbox, then one
+    delivery attempt (what is not taken now goes with the next ``fetch`` or ``outbox deliver``)."""
+    if args.no_report or not (home / "keystore.json").exists():
+        return {"reported": False, "reason": "--no-report" if args.no_report else "no node keystore in --home"}
+    store = load(args)
+    hub_url = args.hub or store.hub_url
+    if not store.device_id or not hub_url:
+        return {"reported": False, "reason": "this node is not enrolled with a hub"}
+    outbox = Outbox(home / "outbox.sqlite")
+    try:
+        outbox.append("confirmation", confirmation, wall_ms())
+        link = Uplink(HubClient(hub_url, timeout_s=10.0), device_id=store.device_id, key=store.signing_key)
+        outbox.deliver_batches(link.send, wall_ms())
+        status = outbox.status()
+    finally:
+        outbox.close()
+    return {"reported": status["pending"] == 0, "outbox": status}
+
+
+def cmd_outbox(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
+    outbox = Outbox(home / "outbox.sqlite")
+    try:
+        if args.action == "deliver":
+            store = load(args)
+            hub_url = args.hub or store.hub_url
+            if not store.device_id or not hub_url:
+                raise InvalidInput("this node is not enrolled with a hub: run `aim-node enroll` first")
+            if args.retry:
+                outbox.unpark()
+            link = Uplink(HubClient(hub_url, timeout_s=10.0), device_id=store.device_id, key=store.signing_key)
+            outbox.deliver_batches(link.send, wall_ms())
+        print(json.dumps(outbox.status(), indent=2))
+        return 1 if outbox.status()["parked"] else 0
+    finally:
+        outbox.close()
 
 
 def cmd_purchase_key(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
@@ -112,13 +184,21 @@ def add_commands(sub: Any, *, load: Callable[[argparse.Namespace], Any],
     serve_p = sub.add_parser("serve", help="serve registered files to holders of delivery tokens (P2P)")
     serve_p.add_argument("--listen", help="host:port (default: the endpoint given at enrollment, or 127.0.0.1:9090)")
     serve_p.add_argument("--hub-key", action="append", help="trusted hub signing key, [KID=]z6Mk… (repeatable; "
-                                                             "default: read from the enrolled hub)")
+                                                             "default: the hub's discovery document, refreshed, "
+                                                             "else the keys cached from it)")
     serve_p.add_argument("--max-connections", type=int, default=64)
     serve_p.add_argument("--max-per-client", type=int, default=8, help="connections per client address")
     serve_p.add_argument("--idle-timeout", type=float, default=30.0, help="seconds a peer may stay silent")
     serve_p.add_argument("--max-transfer", type=float, default=6 * 3600.0, help="seconds one transfer may last")
     serve_p.add_argument("--max-resumes", type=int, default=16)
     serve_p.add_argument("--max-rate", type=int, help="bytes per second per transfer (default: unlimited)")
+    serve_p.add_argument("--hub", help="hub to report traces to (default: the enrolled hub)")
+    serve_p.add_argument("--offline", action="store_true", help="never contact the hub: traces stay in the outbox, "
+                                                                 "no heartbeats; hub keys from --hub-key or the cache")
+    serve_p.add_argument("--heartbeat", type=float, default=300.0, help="seconds between heartbeat traces (0: none)")
+    serve_p.add_argument("--keys-refresh", type=float, default=300.0,
+                         help="seconds between reads of the hub's keys from its discovery document")
+    serve_p.add_argument("--pump", type=float, default=2.0, help="seconds between outbox delivery rounds")
     serve_p.set_defaults(func=bind(cmd_serve))
     fetch_p = sub.add_parser("fetch", help="buyer: fetch a purchased object straight from the seller's node")
     fetch_p.add_argument("--token", required=True, help="file holding the delivery token")
@@ -130,7 +210,16 @@ def add_commands(sub: Any, *, load: Callable[[argparse.Namespace], Any],
     fetch_p.add_argument("--retries", type=int, default=8, help="reconnections after a drop (resumes)")
     fetch_p.add_argument("--receipt", help="where to write the receipt and confirmation (OUT.receipt.json)")
     fetch_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fetch_p.add_argument("--no-report", action="store_true",
+                         help="do not report the confirmation to the hub (default: reported when --home holds an "
+                              "enrolled node, through its outbox)")
     fetch_p.set_defaults(func=bind(cmd_fetch))
     key_p = sub.add_parser("purchase-key", help="buyer: make a per-purchase key; give the hub its jkt")
     key_p.add_argument("--out", required=True, help="key file to create (mode 0600)")
     key_p.set_defaults(func=bind(cmd_purchase_key))
+    outbox_p = sub.add_parser("outbox", help="the traces waiting for the hub: status, or deliver now; exits 1 "
+                                             "while the outbox is parked at an entry the hub refused")
+    outbox_p.add_argument("action", choices=["status", "deliver"])
+    outbox_p.add_argument("--retry", action="store_true", help="deliver: try a parked (refused) entry again")
+    outbox_p.add_argument("--hub", help="deliver: the hub (default: the enrolled hub)")
+    outbox_p.set_defaults(func=bind(cmd_outbox))

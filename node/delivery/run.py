@@ -1,4 +1,4 @@
-"""Running the delivery server as ``aim-node serve`` does: listen, pump the outbox, stop on a signal."""
+"""Running the delivery server as ``aim-node serve`` does: listen, run the uplink, stop on a signal."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from domain.model.keys import VerifyKey
-from node.delivery.server import DeliveryServer, ServerConfig, wall_ms
+from node.delivery.server import DeliveryServer, ServerConfig
 from node.delivery.store import DeliveryStore
-from node.outbox import Entry, Outbox
-
-OUTBOX_PUMP_S = 2.0
+from node.delivery.uplink import UplinkThread
+from node.outbox import Outbox
 
 
 def parse_hub_keys(values: list[str]) -> dict[str, VerifyKey]:
@@ -33,20 +32,11 @@ def hub_keys_from_discovery(document: dict) -> dict[str, VerifyKey]:
     return {signing["kid"]: VerifyKey.from_multibase(signing["public_key"])}
 
 
-async def _pump(outbox: Outbox, sink: Callable[[Entry], None] | None, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        if sink is not None:
-            outbox.deliver(sink, wall_ms())
-        try:
-            await asyncio.wait_for(stop.wait(), OUTBOX_PUMP_S)
-        except TimeoutError:
-            pass
-
-
 async def serve(config: ServerConfig, home: Path, host: str, port: int, *,
-                sink: Callable[[Entry], None] | None = None, server_class: type[DeliveryServer] = DeliveryServer,
+                uplink: UplinkThread | None = None, server_class: type[DeliveryServer] = DeliveryServer,
                 ready: Callable[[str, int], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM. ``ready(host, port)`` is called once listening."""
+    """Serve until SIGINT/SIGTERM. ``ready(host, port)`` is called once listening; ``uplink``
+    (heartbeats, hub keys, outbox delivery) runs on its own thread meanwhile."""
     store, outbox = DeliveryStore(home / "delivery.sqlite"), Outbox(home / "outbox.sqlite")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -54,9 +44,10 @@ async def serve(config: ServerConfig, home: Path, host: str, port: int, *,
         loop.add_signal_handler(sig, stop.set)
     server = await server_class(config, store, outbox).start(host, port)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    if uplink is not None:
+        uplink.start()
     if ready is not None:
         ready(bound_host, bound_port)
-    pump = asyncio.create_task(_pump(outbox, sink, stop))
     try:
         await stop.wait()
     finally:
@@ -65,7 +56,8 @@ async def serve(config: ServerConfig, home: Path, host: str, port: int, *,
             await asyncio.wait_for(server.wait_closed(), 5.0)
         except TimeoutError:
             pass
-        await pump
+        if uplink is not None:
+            await asyncio.to_thread(uplink.stop)
         store.close()
         outbox.close()
 

@@ -85,9 +85,10 @@ class Node:
     def __init__(self, world: World, *extra: str, script: list[str] | None = None, port: int = 0) -> None:
         self.world = world
         command = script or [sys.executable, "-m", "node.cli"]
+        offline = [] if "--hub" in extra else ["--offline"]  # the world's hub (hub.test) is never reached
         self.proc = subprocess.Popen(
             [*command, "--home", str(world.home), "serve", "--listen", f"127.0.0.1:{port}", "--hub-key",
-             world.hub_key_arg, *extra],
+             world.hub_key_arg, *offline, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=REPO, text=True)
         line = self.proc.stdout.readline()
         if not line:
