@@ -59,7 +59,6 @@ MAX_HASH_STEPS = 20_000
 _FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _FORBIDDEN_IRI = re.compile(r'[\x00-\x20<>"{}|^`\\\x7f\ud800-\udfff]')
 _ABSOLUTE_IRI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-_RDF_TYPE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#type"
 
 
 def _check_text(text: str, where: str) -> None:
@@ -255,7 +254,3 @@ def _root_cause(exc: BaseException) -> str:
         exc = exc.__cause__
     return str(getattr(exc, "message", None) or exc).splitlines()[0][:200]
 
-
-def has_type(canonical: str, type_iri: str) -> bool:
-    """True when some node of the canonical N-Quads has the type ``type_iri`` (a proof config has one node)."""
-    return f"<{_RDF_TYPE}> <{type_iri}> .\n" in canonical

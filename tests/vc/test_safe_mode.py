@@ -25,7 +25,7 @@ from domain.model.keys import SigningKey
 from domain.model.vc import sign_credential, verify_credential
 from domain.model.vc_contexts import BUNDLED_CONTEXTS
 from domain.model.vc_rdfc import canonical_nquads
-from tests.vc.conftest import NetworkUsed, load_vectors
+from tests.vc.conftest import VECTORS, NetworkUsed, load_vectors
 
 KEY = SigningKey.from_seed(bytes(range(32)))
 V2 = "https://www.w3.org/ns/credentials/v2"
@@ -190,3 +190,19 @@ def test_bundled_documents_are_never_mutated():
     verify_credential(vector, expected_key=SigningKey.from_multibase(
         load_vectors("vc_di_eddsa_rdfc_2022.json")["keyPair"]["secretKeyMultibase"]).verify_key)
     assert dict(BUNDLED_CONTEXTS) == before
+
+
+def test_the_suite_context_named_by_vc_is_bundled():
+    from domain.model import vc
+
+    assert vc.ED25519_2020_V1 in BUNDLED_CONTEXTS
+
+
+def test_the_jcs_path_does_not_load_pyld():
+    # vc.py imports the RDF machinery only when an RDF suite is used (it costs ~150 ms to load).
+    import subprocess
+    import sys
+
+    code = ("import sys, domain.model.vc as vc, domain.model.receipts; "
+            "assert 'pyld' not in sys.modules and 'domain.model.vc_rdfc' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(VECTORS.parents[1]), timeout=60)
