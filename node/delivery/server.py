@@ -6,7 +6,9 @@ buyer's resume block, each read from disk and re-hashed before it is sent (a cha
 refused), the buyer's signed confirmation, and the node's signed receipt. Bounded: connections
 in total and per client address, idle time per read and write, the whole transfer's time (and
 never past the token's deadline), memory (one block per transfer, streamed from disk), optional
-rate per transfer. Redemptions, receipts, confirmations and refusals go to the outbox.
+rate per transfer. Redemptions, receipts, confirmations and refusals go to the outbox: a refusal
+when a bound token is tried by another key, past its limits, or refused in the handshake (expired,
+another buyer key, a failed proof of possession), at most once a minute per token, key and code.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import secrets
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from domain.model import frames as fr
 from domain.model.blocks import block_length, check_block
-from domain.model.delivery import CLOCK_SKEW_S, DeliveryClaims, jwk_thumbprint
+from domain.model.delivery import CLOCK_SKEW_S, DeliveryClaims, jwk_thumbprint, verify_delivery_token
 from domain.model.errors import (
     DeliveryBusy,
     DeliveryNotServed,
@@ -36,9 +38,9 @@ from domain.model.errors import (
     MarketError,
     ReceiptInvalid,
 )
-from domain.model.handshake import ServerHandshake, Session
-from domain.model.jcs import canonical_json
-from domain.model.keys import KxPrivateKey, SigningKey, VerifyKey, b64url
+from domain.model.handshake import NONCE_BYTES, ServerHandshake, Session, split_fields
+from domain.model.jcs import canonical_json, loads_strict
+from domain.model.keys import KxPrivateKey, SigningKey, VerifyKey, b64url, b64url_decode
 from domain.model.receipts import (
     check_against_token,
     digest,
@@ -49,6 +51,8 @@ from domain.model.receipts import (
 from node.delivery.store import DeliveryStore, RegisteredObject
 from node.delivery.wire import DeliveryRefused, expect_plain, parse_u32, read_record, send, u32
 from node.outbox import Outbox
+
+REFUSAL_REPEAT_MS = 60_000
 
 
 def wall_ms() -> int:
@@ -89,6 +93,23 @@ class _Transfer:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def authentic_hello(hello: bytes, hub_keys: Mapping[str, VerifyKey], device_id: str) -> tuple[DeliveryClaims, str] | None:
+    """The token claims and buyer key thumbprint of a ClientHello whose token is signed by a hub
+    key we trust and addressed to us, whatever its times (None otherwise)."""
+    try:
+        fields = split_fields(hello, (2, None, 32, 32, 8, NONCE_BYTES))
+        token = fields[1].decode("ascii")
+        payload = loads_strict(b64url_decode(token.split(".")[1])) if token.count(".") == 2 else None
+        if not isinstance(payload, dict) or type(payload.get("iat")) is not int:
+            return None
+        nbf = payload.get("nbf")
+        at_s = max(payload["iat"], nbf if type(nbf) is int else 0)  # inside its validity: only the signature counts
+        claims = verify_delivery_token(token, hub_keys, audience=device_id, now_s=at_s, require_start=False)
+        return claims, jwk_thumbprint(VerifyKey.from_bytes(fields[3]))
+    except (MarketError, UnicodeDecodeError):
+        return None
+
+
 def open_confined(obj: RegisteredObject) -> int:
     """Open the registered file read-only after re-resolving it: it must still be the same regular
     file path inside its registered folder, with the registered size. Returns the descriptor."""
@@ -112,6 +133,7 @@ class DeliveryServer:
         self._connections = 0
         self._per_client: Counter[str] = Counter()
         self._active: set[str] = set()
+        self._refusals_noted: dict[tuple[str, str, str], int] = {}
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self._on_connect, host, port)
@@ -175,6 +197,7 @@ class DeliveryServer:
         cfg = self.config
         hs = ServerHandshake(device_keys=cfg.device_keys, device_id=cfg.device_id, hub_keys_by_kid=cfg.hub_keys,
                              eph=KxPrivateKey.generate(), nonce=secrets.token_bytes(32), skew_s=cfg.skew_s)
+        hello = b""
         try:
             hello = await expect_plain(reader, fr.CLIENT_HELLO, cfg.handshake_timeout_s)
             claims = hs.receive_hello(hello, self.clock_ms())
@@ -185,6 +208,7 @@ class DeliveryServer:
         except DeliveryRefused:
             return
         except MarketError as exc:
+            self._refused_before_transfer(hello, exc)
             await self._alert(writer, exc)
             return
         sealer = fr.FrameSealer(session.send_key)
@@ -238,8 +262,26 @@ class DeliveryServer:
             raise
 
     def _refusal(self, t: _Transfer, exc: MarketError) -> None:
-        self.outbox.append("refusal", {"jti": t.claims.jti, "purchase_id": t.claims.sub, "jkt": t.jkt,
-                                       "code": exc.code, "at_ms": self.clock_ms()}, self.clock_ms())
+        self._refusal_entry(t.claims, t.jkt, exc.code)
+
+    def _refusal_entry(self, claims: DeliveryClaims, jkt: str, code: str) -> None:
+        now = self.clock_ms()
+        last = self._refusals_noted.get((claims.jti, jkt, code))
+        if last is not None and now - last < REFUSAL_REPEAT_MS:
+            return  # someone hammering a bound token: one entry a minute says it
+        self._refusals_noted[(claims.jti, jkt, code)] = now
+        if len(self._refusals_noted) > 4096:
+            self._refusals_noted.clear()
+        self.outbox.append("refusal", {"jti": claims.jti, "purchase_id": claims.sub, "jkt": jkt, "code": code,
+                                       "at_ms": now}, now)
+
+    def _refused_before_transfer(self, hello: bytes, exc: MarketError) -> None:
+        """A handshake refused (an expired token, another buyer key, a failed proof of possession):
+        an outbox refusal when the token is the hub's, for this node, and its ``jti`` is bound here.
+        Unsigned or foreign tokens write nothing (anyone could send those)."""
+        found = authentic_hello(hello, self.config.hub_keys, self.config.device_id) if hello else None
+        if found is not None and self.store.redemption(found[0].jti) is not None:
+            self._refusal_entry(found[0], found[1], exc.code)
 
     async def _seal_error(self, t: _Transfer, exc: MarketError) -> None:
         try:
