@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.model import frames as fr
-from domain.model.blocks import block_length, check_block, split_hashes
+from domain.model.blocks import block_length, split_hashes
 from domain.model.delivery import DeliveryClaims, verify_delivery_token
 from domain.model.errors import (
     BlockHashMismatch,
@@ -72,8 +73,44 @@ class FetchResult:
     attempts: int
 
 
+@dataclass
+class _Block:
+    """A received block: its records' payloads in order (never joined: no 8 MiB copy), their
+    total length and SHA-256, hashed record by record as they arrived."""
+
+    index: int
+    parts: list[bytes]
+    length: int
+    digest: bytes
+
+    def check(self, hashes: list[bytes], size_bytes: int, block_size: int) -> None:
+        """``domain.model.blocks.check_block``'s checks and errors, on the digest made on arrival."""
+        if self.length != block_length(self.index, size_bytes, block_size):
+            raise BlockHashMismatch(f"block {self.index} has the wrong length", block=self.index)
+        if not hmac.compare_digest(self.digest, hashes[self.index]):
+            raise BlockHashMismatch(f"block {self.index} does not match its committed hash", block=self.index)
+
+
+def _pwrite_all(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write ``parts`` at ``offset`` (``pwritev``; a short write continues where it stopped)."""
+    while parts:
+        written = os.pwritev(fd, parts, offset)
+        offset += written
+        while parts and written >= len(parts[0]):
+            written -= len(parts[0])
+            parts = parts[1:]
+        if parts and written:
+            parts = [parts[0][written:], *parts[1:]]
+
+
 class _Partial:
-    """``OUT.partial`` and its progress file: only verified blocks, durably."""
+    """``OUT.partial`` and its progress file: only verified blocks, durably.
+
+    The whole object's SHA-256 is computed as verified blocks are written, in order (a resumed
+    fetch first feeds it the blocks it already had, read back from ``OUT.partial`` once), so
+    the final ``content_hash`` check needs no second pass over a file of gigabytes. Its methods
+    run on a worker thread, one call at a time (``_Fetch._blocks`` awaits each before the next).
+    """
 
     def __init__(self, out: Path, claims: DeliveryClaims) -> None:
         self.out, self.claims = out, claims
@@ -88,25 +125,48 @@ class _Partial:
         fd = os.open(self.data, os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(fd, min(self.verified * claims.blocks.block_size, claims.size_bytes))
         self.fd = fd
+        self._whole = hashlib.sha256()
+        self._hashed_bytes = 0  # the prefix of the object fed to _whole
 
-    def write_block(self, index: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, index * self.claims.blocks.block_size)
+    def _hash_until(self, end: int) -> None:
+        """Feed ``_whole`` the verified bytes of ``OUT.partial`` up to ``end``."""
+        while self._hashed_bytes < end:
+            chunk = os.pread(self.fd, min(1 << 20, end - self._hashed_bytes), self._hashed_bytes)
+            if not chunk:
+                raise BlockHashMismatch("OUT.partial is shorter than its verified blocks")
+            self._whole.update(chunk)
+            self._hashed_bytes += len(chunk)
+
+    def verify_and_write(self, block: _Block, hashes: list[bytes]) -> None:
+        """Check a block against its committed hash, then keep it durably (BlockHashMismatch)."""
+        block_size = self.claims.blocks.block_size
+        block.check(hashes, self.claims.size_bytes, block_size)
+        _pwrite_all(self.fd, block.parts, block.index * block_size)
         os.fsync(self.fd)
-        self.verified = index + 1
+        self.verified = block.index + 1
         tmp = self.state.with_name(self.state.name + ".tmp")
         tmp.write_text(json.dumps({**self.key, "verified_blocks": self.verified}))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, self.state)
 
-    def finish(self) -> Path:
-        sha = hashlib.sha256()
-        pos = 0
-        while chunk := os.pread(self.fd, 1 << 20, pos):
-            sha.update(chunk)
-            pos += len(chunk)
-        if "sha256-" + base64.b64encode(sha.digest()).decode("ascii") != self.claims.content_hash:
+    def hash_whole(self, block: _Block) -> None:
+        """Feed a kept block to the whole object's hash (after its ack: not on the ack's path)."""
+        start = block.index * self.claims.blocks.block_size
+        self._hash_until(start)
+        if self._hashed_bytes == start:
+            for part in block.parts:
+                self._whole.update(part)
+            self._hashed_bytes += block.length
+
+    def check_whole(self) -> None:
+        """Raise BlockHashMismatch unless the verified object matches the token's ``content_hash``."""
+        self._hash_until(self.claims.size_bytes)
+        if "sha256-" + base64.b64encode(self._whole.digest()).decode("ascii") != self.claims.content_hash:
             raise BlockHashMismatch("the assembled object does not match the token's content_hash")
+
+    def finish(self) -> Path:
+        """Rename the checked object into place (:meth:`check_whole` passed before the confirmation)."""
         os.close(self.fd)
         os.replace(self.data, self.out)
         self.state.unlink(missing_ok=True)
@@ -170,27 +230,87 @@ class _Fetch:
 
     async def _blocks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sealer: fr.FrameSealer,
                       opener: fr.FrameOpener, hashes: list[bytes]) -> None:
-        size, block_size, count = self.claims.size_bytes, self.claims.blocks.block_size, self.claims.blocks.count
-        for index in range(self.partial.verified, count):
-            want, buffer = block_length(index, size, block_size), bytearray()
-            while len(buffer) < want:
-                record = await read_record(reader, opener, self.idle)
-                if record.type != fr.DATA or len(buffer) + len(record.payload) > want:
-                    raise FrameInvalid("expected object bytes within the block")
-                buffer += record.payload
+        """Receive every block from the resume block. Each block is checked, written and acked
+        by a task (the hashing and the write on a worker thread) while the next one arrives, so
+        the buyer acks a block as soon as it is durable and never holds more than two blocks.
+        The whole object is checked against ``content_hash`` before returning."""
+        size, block_size = self.claims.size_bytes, self.claims.blocks.block_size
+        pending: asyncio.Task[None] | None = None  # the previous block's check, write and ack
+        try:
+            for index in range(self.partial.verified, self.claims.blocks.count):
+                block = await self._next_block(reader, opener, index, block_length(index, size, block_size), pending)
+                if pending is not None:
+                    await self._settled(pending, reader, opener)
+                pending = asyncio.create_task(self._keep(block, hashes, writer, sealer))
+            if pending is not None:
+                await self._settled(pending, reader, opener)
+            await asyncio.to_thread(self.partial.check_whole)
+        except BaseException as exc:
+            if pending is not None:
+                # let the last block's write finish (the progress file stays right, OUT.partial
+                # is not closed under the thread); a wrong block is the reason to report
+                await asyncio.wait([pending])
+                found = None if pending.cancelled() else pending.exception()
+                if isinstance(found, BlockHashMismatch) and found is not exc:
+                    raise found from exc
+            raise
+
+    async def _next_block(self, reader: asyncio.StreamReader, opener: fr.FrameOpener, index: int, want: int,
+                          pending: asyncio.Task[None] | None) -> _Block:
+        """The next block's records; a wrong previous block found meanwhile is raised at once
+        (a node that waits for that block's ack would otherwise leave us waiting)."""
+        receive = asyncio.ensure_future(self._receive_block(reader, opener, index, want))
+        try:
+            if pending is not None:
+                await asyncio.wait([receive, pending], return_when=asyncio.FIRST_COMPLETED)
+                if pending.done() and isinstance(pending.exception(), BlockHashMismatch):
+                    await pending
+            return await receive
+        finally:
+            if not receive.done():
+                receive.cancel()
+
+    async def _receive_block(self, reader: asyncio.StreamReader, opener: fr.FrameOpener, index: int,
+                             want: int) -> _Block:
+        """The data records that make up block ``index`` (``want`` bytes), hashed as they come
+        so the check at the end is a comparison (a node that waits for the ack waits less)."""
+        parts: list[bytes] = []
+        got, sha = 0, hashlib.sha256()
+        while got < want:
+            record = await read_record(reader, opener, self.idle)
+            if record.type != fr.DATA or got + len(record.payload) > want:
+                raise FrameInvalid("expected object bytes within the block")
+            parts.append(record.payload)
+            sha.update(record.payload)
+            got += len(record.payload)
+        return _Block(index, parts, got, sha.digest())
+
+    async def _keep(self, block: _Block, hashes: list[bytes], writer: asyncio.StreamWriter,
+                    sealer: fr.FrameSealer) -> None:
+        """Check and write a block, ack it, then add it to the whole object's hash; on a mismatch
+        tell the node and raise."""
+        try:
+            await asyncio.to_thread(self.partial.verify_and_write, block, hashes)
+        except BlockHashMismatch as exc:
             try:
-                check_block(index, bytes(buffer), hashes, size, block_size)
-            except BlockHashMismatch as exc:
                 await send(writer, sealer.seal(fr.ERROR, fr.problem(exc.code, exc.detail)), self.idle)
-                raise
-            await asyncio.to_thread(self.partial.write_block, index, bytes(buffer))
-            try:
-                await send(writer, sealer.seal(fr.ACK, u32(index + 1)), self.idle)
             except OSError:
-                await self._refusal(reader, opener)
-                raise
-            if self.progress:
-                self.progress(min(size, (index + 1) * block_size), size)
+                pass
+            raise
+        await send(writer, sealer.seal(fr.ACK, u32(block.index + 1)), self.idle)
+        if self.progress:
+            self.progress(min(self.claims.size_bytes, (block.index + 1) * self.claims.blocks.block_size),
+                          self.claims.size_bytes)
+        await asyncio.to_thread(self.partial.hash_whole, block)
+
+    async def _settled(self, pending: asyncio.Task[None], reader: asyncio.StreamReader,
+                       opener: fr.FrameOpener) -> None:
+        """Wait for a block's task; if its ack could not be written, raise the node's reason."""
+        try:
+            await pending
+        except OSError:
+            await self._refusal(reader, opener)
+            raise
 
     async def _refusal(self, reader: asyncio.StreamReader, opener: fr.FrameOpener) -> None:
         """Our write failed: the node may have said why just before it closed; raise that if so."""
