@@ -133,7 +133,10 @@ def _report_confirmation(args: argparse.Namespace, load: Callable[[argparse.Name
     delivery attempt (what is not taken now goes with the next ``fetch`` or ``outbox deliver``)."""
     if args.no_report or not (home / "keystore.json").exists():
         return {"reported": False, "reason": "--no-report" if args.no_report else "no node keystore in --home"}
-    store = load(args)
+    try:
+        store = load(args)
+    except MarketError as exc:  # the object is fetched and verified: reporting is not worth failing it
+        return {"reported": False, "reason": f"{exc.code}: {exc.detail}"}
     hub_url = args.hub or store.hub_url
     if not store.device_id or not hub_url:
         return {"reported": False, "reason": "this node is not enrolled with a hub"}
