@@ -2,7 +2,9 @@
 
 Checks: positions strictly increase; every event decodes with the current code; every
 event carries ``meta`` with an actor and a correlation id; aggregate versions are
-contiguous per stream; and the money in it (``ops.ledger_audit``): channels replayed with
+contiguous per stream; the audit tree recomputed from the stored records against every
+signed tree head, the stored leaves and the sealed snapshots (``ops.tree_audit``: the first
+differing log position is named); and the money in it (``ops.ledger_audit``): channels replayed with
 their invariants after every event, postings balanced, the ledger's invariants, and the
 balances read model equal to the log up to the position it has reached. With the read
 models at hand it also reports every projection's health (``projections.health``): a
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ops.ledger_audit import LedgerAudit
+from ops.tree_audit import TreeAudit
 
 BATCH = 1000
 
@@ -24,6 +27,7 @@ def verify_log(market: Any, views: Any = None, *, stall_after_s: float | None = 
     problems: list[str] = []
     tracked, balances, pending = _balances_snapshot(views)  # before the walk: the log only grows
     money = LedgerAudit(tracked)
+    tree = TreeAudit(market, views) if views is not None else None  # heads and leaves read before the walk
     versions: dict[str, int] = {}
     position, count = 0, 0
     while True:
@@ -39,6 +43,10 @@ def verify_log(market: Any, views: Any = None, *, stall_after_s: float | None = 
                 event = market.mapper.to_domain_event(n)
             except Exception as exc:  # noqa: BLE001 - report, do not stop the audit
                 problems.append(f"position {n.id}: cannot decode ({type(exc).__name__})")
+                event = None
+            if tree is not None:
+                tree.feed(n, event)
+            if event is None:
                 continue
             meta = getattr(event, "meta", None)
             if not isinstance(meta, dict) or not meta.get("actor") or not meta.get("correlation_id"):
@@ -52,11 +60,14 @@ def verify_log(market: Any, views: Any = None, *, stall_after_s: float | None = 
             money.feed(n.id, event)
     ledger_report = money.report(balances, pending)
     problems += money.problems
+    tree_report = tree.report() if tree is not None else None
+    if tree_report is not None:
+        problems[:0] = tree_report["problems"]  # the tamper evidence leads the report
     projections = _projections(market, views, stall_after_s)
     problems[:0] = [f"projection {p['detail']}" + (f" (error: {p['error']})" if p["error"] else "")
                     for p in projections.values() if p["stalled"]]
     return {"ok": not problems, "events": count, "streams": len(versions), "head_position": position,
-            "ledger": ledger_report, "projections": projections, "problems": problems[:100]}
+            "ledger": ledger_report, "tree": tree_report, "projections": projections, "problems": problems[:100]}
 
 
 def _projections(market: Any, views: Any, stall_after_s: float | None) -> dict[str, dict[str, Any]]:

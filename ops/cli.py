@@ -12,6 +12,8 @@ from typing import Any
 from api.logging import configure
 from domain.model.base import Meta
 from domain.model.errors import MarketError
+from ops.audit_trail_cli import add_parsers as audit_trail_parsers
+from ops.audit_trail_cli import start_head_signer
 from ops.settings import SettingsError, load_settings
 
 EPILOG = """
@@ -60,6 +62,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cron = Cron(runtime.views, schedules(jobs), clock_s=runtime.market.now_s)
     cron_thread = threading.Thread(target=cron.run, args=(stop,), daemon=True, name="cron")
     cron_thread.start()
+    start_head_signer(runtime, stop)  # a signed tree head whenever one is due (docs/audit.md)
     print(f"aimarket worker: {len(group.runners)} projections, queues {sorted(broker.get_declared_queues())}",
           file=sys.stderr)
     stop.wait()
@@ -87,15 +90,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
+    """Rebuild each projection from position 0. The audit tree re-verifies its stored leaves
+    instead: on an edited log it refuses at the first edited position (reported, exit 1)
+    and the other projections are still rebuilt."""
     runtime = _runtime()
+    refused = False
     try:
         for runner in runtime.runners():
             if args.projection and runner.projection.name != args.projection:
                 continue
-            print(f"{runner.projection.name}: rebuilt from 0, {runner.rebuild()} events")
+            try:
+                print(f"{runner.projection.name}: rebuilt from 0, {runner.rebuild()} events")
+            except MarketError as exc:
+                refused = True
+                print(f"{runner.projection.name}: refused [{exc.code}]: {exc.detail}")
     finally:
         runtime.close()
-    return 0
+    return 1 if refused else 0
 
 
 def cmd_audit_check_credential(args: argparse.Namespace) -> int:
@@ -207,9 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run projections, background jobs and cron until stopped")
     worker.add_argument("--threads", type=int, default=4, help="Dramatiq worker threads")
     worker.set_defaults(func=cmd_worker)
-    audit = sub.add_parser("audit", help="verify the event log; rebuild read models").add_subparsers(
-        dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="walk the whole log and check it")
+    audit = sub.add_parser("audit", help="verify the event log and its audit tree; proofs; rebuild read models"
+                           ).add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="walk the whole log and check it: every event, the audit tree "
+                              "recomputed against every signed tree head, sealed snapshots, the ledger")
     verify.add_argument("--chain", action="store_true",
                         help="also check every chain channel's ledger against the contract (settled <=> settled, "
                              "same amounts paid)")
@@ -218,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--projection", help="only this projection")
     replay.set_defaults(func=cmd_audit_replay)
     _credential_parsers(audit)
+    audit_trail_parsers(audit, _runtime)
     projections = sub.add_parser("projections", help="projection health; resume one after a fix").add_subparsers(
         dest="projections_command", required=True)
     status = projections.add_parser("status", help="position, head, lag, state and last error of each projection")

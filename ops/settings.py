@@ -46,6 +46,9 @@ class Settings:
     web_threads: int = 8  # per worker: the pool that runs the plain (blocking) responders
     run_projections_in_web: bool = True
     log_format: str = "json"
+    # -- audit trail (issue 13): a signed tree head after this many new events, or seconds ------
+    tree_head_every_events: int = 1000
+    tree_head_every_s: int = 60
     # -- money (issue 4) ------------------------------------------------------------------
     fee_bps: int = 500
     unsigned_allowance_minor: int = 0
@@ -231,6 +234,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         web_threads=_int(env, "AIMARKET_WEB_THREADS", 8, low=1),
         run_projections_in_web=_flag(env, "AIMARKET_PROJECTIONS_IN_WEB", default=not database_url),
         log_format=_choice(env, "AIMARKET_LOG_FORMAT", "json", ("json", "console")),
+        tree_head_every_events=_int(env, "AIMARKET_TREE_HEAD_EVERY_EVENTS", 1000, low=1, high=10_000_000),
+        tree_head_every_s=_int(env, "AIMARKET_TREE_HEAD_EVERY_S", 60, low=1, high=86_400),
         fee_bps=_int(env, "AIMARKET_FEE_BPS", 500, low=0, high=10_000),
         unsigned_allowance_minor=_int(env, "AIMARKET_UNSIGNED_ALLOWANCE_MINOR", 0, low=0),
         card_channel_ttl_s=_int(env, "AIMARKET_CARD_CHANNEL_TTL_S", 30 * 24 * 3600, low=1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from projections.audit_log import AuditLog
+from projections.audit_tree import AuditTree
 from projections.balances import Balances
 from projections.base import Projection
 from projections.devices import Devices
@@ -10,4 +11,4 @@ from projections.search.projection import SearchProjection
 
 
 def all_projections() -> list[Projection]:
-    return [AuditLog(), Devices(), Balances(), SearchProjection()]
+    return [AuditLog(), Devices(), Balances(), SearchProjection(), AuditTree()]

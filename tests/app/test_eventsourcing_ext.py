@@ -22,3 +22,13 @@ def test_the_internals_overridden_still_exist() -> None:
         assert hasattr(Application, name), name
     for name in ("_insert_stored_events", "_lock_table", "_notify_channel"):
         assert hasattr(PostgresApplicationRecorder, name), name
+
+
+def test_the_snapshot_store_internals_sealed_snapshots_rely_on_still_exist() -> None:
+    from eventsourcing.persistence import EventStore
+    from eventsourcing.sqlite import SQLiteAggregateRecorder
+
+    assert hasattr(Application, "construct_snapshot_store")
+    for name in ("put", "get", "mapper", "recorder"):
+        assert hasattr(EventStore, name) or name in EventStore.__init__.__code__.co_varnames, name
+    assert hasattr(SQLiteAggregateRecorder, "convert_originator_id")

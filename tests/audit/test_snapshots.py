@@ -1,0 +1,69 @@
+"""Authenticated snapshots (issue 13, build 2): an edited ``deposit_minor`` in a stored snapshot
+(the measured attack: a channel overspent by 900,000 units) is refused, the channel is rebuilt
+from its events, its true balance holds, and the refusal is reported (log and audit verify).
+On PostgreSQL and on the embedded store."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import capture_logs
+
+from domain.app.eventsourcing_ext import SEAL_MAGIC
+from domain.model.channel import Channel
+from domain.model.errors import InsufficientFunds
+from ops.audit import verify_log
+from tests.audit.tamper import Tamper
+from tests.audit.world import T0, debit, new_channel
+
+
+def saved_channel(runtime, monkeypatch) -> Channel:
+    """A 1,000-unit channel with 12 debits of 50, each saved: a snapshot at version 10."""
+    monkeypatch.setitem(runtime.market.snapshotting_intervals, Channel, 10)
+    channel = new_channel(deposit_minor=1_000)
+    runtime.market.save(channel)
+    for i in range(12):
+        debit(channel, f"k{i}", amount_minor=50, at_s=T0 + i)
+        runtime.market.save(channel)
+    return channel
+
+
+def test_snapshots_are_sealed_and_load(runtime, monkeypatch) -> None:
+    channel = saved_channel(runtime, monkeypatch)
+    version, state = Tamper(runtime).snapshot_state(channel.id)
+    assert version == 10 and state.startswith(SEAL_MAGIC) and b'"deposit_minor":1000' in state
+    loaded = runtime.market.load(Channel, channel.id)
+    assert loaded.spent_minor == 600 and loaded.deposit_minor == 1_000
+    assert list(runtime.market.snapshots.refused) == []
+    assert verify_log(runtime.market, runtime.views)["tree"]["snapshots"] == {"checked": 1}
+
+
+def test_an_edited_deposit_is_refused_and_the_true_balance_holds(runtime, monkeypatch) -> None:
+    channel = saved_channel(runtime, monkeypatch)
+    tamper = Tamper(runtime)
+    version, state = tamper.snapshot_state(channel.id)
+    tamper.set_snapshot_state(channel.id, version, state.replace(b'"deposit_minor":1000', b'"deposit_minor":901000'))
+    with capture_logs() as logs:
+        loaded = runtime.market.load(Channel, channel.id)
+    assert loaded.deposit_minor == 1_000 and loaded.spent_minor == 600  # rebuilt from its events
+    refused = [entry for entry in logs if entry["event"] == "snapshot.refused"]
+    assert refused and refused[0]["aggregate_id"] == str(channel.id) and refused[0]["version"] == version
+    with pytest.raises(InsufficientFunds):  # 400 left: 900,000 more would have been an overspend
+        debit(loaded, "overspend", amount_minor=500, at_s=T0 + 100)
+    report = verify_log(runtime.market, runtime.views)
+    assert not report["ok"]
+    assert any(f"snapshot of {channel.id} version {version}: refused" in p for p in report["problems"])
+
+
+def test_a_snapshot_moved_to_another_version_or_unsealed_is_refused(runtime, monkeypatch) -> None:
+    channel = saved_channel(runtime, monkeypatch)
+    tamper = Tamper(runtime)
+    version, state = tamper.snapshot_state(channel.id)
+    inner = state[len(SEAL_MAGIC) + 8 + 32:]
+    tamper.set_snapshot_state(channel.id, version, inner)  # the library's own bytes, no seal
+    assert runtime.market.load(Channel, channel.id).spent_minor == 600
+    assert list(runtime.market.snapshots.refused)[-1]["reason"] == "not sealed"
+    position = int.from_bytes(state[len(SEAL_MAGIC):len(SEAL_MAGIC) + 8], "big")
+    forged = SEAL_MAGIC + (position + 1).to_bytes(8, "big") + state[len(SEAL_MAGIC) + 8:]
+    tamper.set_snapshot_state(channel.id, version, forged)  # bound to another position: the MAC fails
+    assert runtime.market.load(Channel, channel.id).spent_minor == 600
+    assert "seal does not verify" in list(runtime.market.snapshots.refused)[-1]["reason"]
