@@ -60,9 +60,9 @@ def cmd_check_proof(args: argparse.Namespace) -> int:
             raw = first + fh.read(LINE_BYTES_MAX + 1)
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}", param="file") from None
-    document = _json(raw, "the proof file")
-    kind = document.get("type") if isinstance(document, dict) else None
     try:
+        document = _json(raw, "the proof file")
+        kind = document.get("type") if isinstance(document, dict) else None
         if kind == INCLUSION_TYPE:
             entry, head = check_inclusion_bundle(document, keys)
             print(f"ok: the entry at position {entry['position']} (leaf {document['leaf_index']}) is in the tree of "
@@ -90,11 +90,16 @@ def _is_export(first_line: bytes) -> bool:
 def _check_export(path: Path, keys: list[VerifyKey]) -> int:
     checker = ExportChecker(keys)
     with path.open("rb") as fh:
-        for line in fh:
-            if len(line) > LINE_BYTES_MAX:
-                raise InvalidInput(f"line {checker.line + 1} of the export is longer than {LINE_BYTES_MAX} bytes")
-            if line.strip():
-                checker.feed(_json(line, f"line {checker.line + 1}"))
+        while line := fh.readline(LINE_BYTES_MAX + 1):
+            if not line.strip():
+                continue
+            try:
+                record = _json(line, "the line")
+            except ProofInvalid as exc:
+                checker.line += 1
+                checker.add_problem(exc.detail)
+                continue
+            checker.feed(record)
     report = checker.finish()
     if report["ok"]:
         print(f"ok: {report['entries']} entries, {report['heads']} signed tree heads, all verified "
@@ -107,7 +112,7 @@ def _check_export(path: Path, keys: list[VerifyKey]) -> int:
 
 def _json(raw: bytes, what: str) -> Any:
     if len(raw) > LINE_BYTES_MAX:
-        raise InvalidInput(f"{what} is larger than {LINE_BYTES_MAX} bytes")
+        raise ProofInvalid(f"{what} is larger than {LINE_BYTES_MAX} bytes")
     try:
         return loads_strict(raw)
     except MarketError as exc:

@@ -159,7 +159,7 @@ class ExportChecker:
         try:
             self._feed(record)
         except (ProofInvalid, TreeHeadInvalid) as exc:
-            self._problem(str(exc.detail))
+            self.add_problem(str(exc.detail))
 
     def _feed(self, record: Any) -> None:
         kind = record.get("type") if isinstance(record, dict) else None
@@ -193,17 +193,17 @@ class ExportChecker:
             raise ProofInvalid(f"the signed head of size {head.tree_size} does not match the entries before it: "
                                "the export differs from what the hub signed")
 
-    def _problem(self, text: str) -> None:
+    def add_problem(self, text: str) -> None:
         if len(self.problems) < self.problems_max:
             self.problems.append(f"line {self.line}: {text}")
 
     def finish(self) -> dict[str, Any]:
         if self.origin is None:
-            self._problem("an empty export")
+            self.add_problem("an empty export")
         elif not self.heads:
-            self._problem("the export holds no signed tree head")
+            self.add_problem("the export holds no signed tree head")
         elif self.heads[-1].tree_size != self.tree.size:
-            self._problem(f"{self.tree.size - self.heads[-1].tree_size} entries after the last signed head")
+            self.add_problem(f"{self.tree.size - self.heads[-1].tree_size} entries after the last signed head")
         return {"ok": not self.problems, "entries": self.tree.size, "heads": len(self.heads),
                 "tree_size": self.heads[-1].tree_size if self.heads else 0, "problems": self.problems}
 
