@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ops.cli import main
-from tests.audit.world import build
 from tests.audit.test_audit_tree import add_indexes
+from tests.audit.world import build
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = (
