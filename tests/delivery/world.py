@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from domain.model.delivery import issue_delivery_token, jwk_thumbprint
-from domain.model.keys import KxPrivateKey, SigningKey, VerifyKey
+from domain.model.jcs import canonical_json
+from domain.model.keys import KxPrivateKey, SigningKey, VerifyKey, b64url, b64url_decode
 from node import keystore as ks
 from node.publishing import register_object
 
@@ -75,6 +77,13 @@ class World:
         return issue_delivery_token(self.claims(**options), self.hub_key, self.hub_key.key_id)
 
 
+def tampered(token: str, **changes: Any) -> str:
+    """``token`` with claims changed and the hub's signature kept (what a forger can do)."""
+    header, payload, signature = token.split(".")
+    claims = {**json.loads(b64url_decode(payload)), **changes}
+    return f"{header}.{b64url(canonical_json(claims))}.{signature}"
+
+
 def env() -> dict[str, str]:
     return {**os.environ, "AIM_NODE_PASSPHRASE": PASSPHRASE, "PYTHONPATH": str(REPO)}
 
@@ -109,6 +118,15 @@ class Node:
                 self.kill()
         self.proc.stdout.close()
         self.proc.stderr.close()
+
+
+def served(world: World, jti: str) -> list[tuple[int, int]]:
+    """The node's ``[start, end)`` per session for ``jti``, from its delivery database."""
+    db = sqlite3.connect(world.home / "delivery.sqlite")
+    try:
+        return [(s, e) for s, e in db.execute('SELECT start, "end" FROM served WHERE jti = ? ORDER BY session', (jti,))]
+    finally:
+        db.close()
 
 
 def wait_for(predicate: Any, timeout_s: float = 20.0, what: str = "condition") -> None:
