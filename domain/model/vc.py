@@ -351,6 +351,7 @@ def verify_proof(
     expected_key: VerifyKey | None = None,
     expected_proof_purpose: str = "assertionMethod",
     contexts: Contexts = None,
+    suites: tuple[str, ...] = SUITES,
 ) -> VerifiedProof:
     """Verify one proof object over ``document`` (what it covers, without the proof itself).
 
@@ -363,6 +364,9 @@ def verify_proof(
     proof_type = _required_str(proof, "type")
     cryptosuite = _optional_str(proof, "cryptosuite")
     suite = suite_of(proof_type, cryptosuite)
+    if suite not in suites:
+        raise UnsupportedCryptosuite(f"{suite} proofs are not accepted here; expected one of {suites}",
+                                     param="proof.cryptosuite" if cryptosuite else "proof.type")
     proof_value = _required_str(proof, "proofValue")
     vm = _required_str(proof, "verificationMethod")
     purpose = _required_str(proof, "proofPurpose")
@@ -402,6 +406,7 @@ def verify_credential(
     expected_proof_purpose: str = "assertionMethod",
     contexts: Contexts = None,
     bind_issuer: bool = True,
+    suites: tuple[str, ...] = SUITES,
 ) -> VerifiedProof:
     """Verify the Ed25519 Data Integrity proof on ``secured`` (any of :data:`SUITES`).
 
@@ -414,6 +419,9 @@ def verify_credential(
         contexts: extra JSON-LD context documents by URL for the RDF suites.
         bind_issuer: a did:key ``issuer`` must be the signing key (default). False for a
             third party's credential whose issuer is not its signer.
+        suites: the suites accepted; a caller that takes only ``eddsa-jcs-2022`` passes
+            ``(EDDSA_JCS_2022,)`` so that nobody can make it canonicalise RDF (refused up
+            front as ``unsupported_cryptosuite``).
 
     Returns:
         The verified proof's facts. Freshness of ``created`` and ``nonce`` replay are the
@@ -435,7 +443,7 @@ def verify_credential(
         raise InvalidInput("credential has no proof object", param="proof")
     unsecured = {name: value for name, value in secured.items() if name != "proof"}
     verified = verify_proof(unsecured, proof, expected_key=expected_key, expected_proof_purpose=expected_proof_purpose,
-                            contexts=contexts)
+                            contexts=contexts, suites=suites)
     if bind_issuer:
         check_issuer(secured, verified.verify_key)
     return verified

@@ -18,7 +18,15 @@ from typing import Any
 
 from domain.model.errors import InvalidInput, SignatureInvalid
 from domain.model.keys import DID_KEY_PREFIX, SigningKey, VerifyKey
-from domain.model.vc import Contexts, VerifiedProof, check_issuer, create_proof, issuer_id, verify_proof
+from domain.model.vc import (
+    SUITES,
+    Contexts,
+    VerifiedProof,
+    check_issuer,
+    create_proof,
+    issuer_id,
+    verify_proof,
+)
 
 MAX_PROOFS = 16
 
@@ -74,6 +82,7 @@ def verify_proof_set(
     expected_proof_purpose: str = "assertionMethod",
     contexts: Contexts = None,
     bind_issuer: bool = True,
+    suites: tuple[str, ...] = SUITES,
 ) -> list[VerifiedProof]:
     """Verify every proof of a credential's proof set or chain (a single proof object too).
 
@@ -84,6 +93,7 @@ def verify_proof_set(
         expected_proof_purpose: the ``proofPurpose`` every proof must have.
         contexts: extra JSON-LD context documents by URL for the RDF suites.
         bind_issuer: when the ``issuer`` is a did:key, at least one proof must be its key's.
+        suites: the suites accepted (as for ``verify_credential``).
 
     Returns:
         One :class:`VerifiedProof` per proof, in the document's order.
@@ -100,7 +110,8 @@ def verify_proof_set(
         expected = (keys or {}).get(vm) if isinstance(vm, str) else None
         covered = _covered(unsecured, proofs, _previous_ids(proof))
         verified.append(verify_proof(covered, proof, expected_key=expected,
-                                     expected_proof_purpose=expected_proof_purpose, contexts=contexts))
+                                     expected_proof_purpose=expected_proof_purpose, contexts=contexts,
+                                     suites=suites))
     issuer = issuer_id(secured)
     if bind_issuer and issuer is not None and issuer.startswith(DID_KEY_PREFIX):
         if not any(_by_issuer(secured, result.verify_key) for result in verified):

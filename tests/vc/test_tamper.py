@@ -191,3 +191,17 @@ def test_add_proof_refuses_a_link_to_a_missing_proof():
                   previous_proof="urn:uuid:missing")
     both = add_proof(signed, OTHER, created="2025-06-01T10:00:00Z", cryptosuite="eddsa-rdfc-2022")
     assert [r.verify_key for r in verify_proof_set(both)] == [KEY.verify_key, OTHER.verify_key]
+
+
+def test_a_caller_can_accept_only_jcs_and_never_canonicalise_rdf(monkeypatch):
+    from domain.model import vc_rdfc
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("RDF canonicalisation was run")
+
+    monkeypatch.setattr(vc_rdfc, "canonical_nquads", refuse)
+    with pytest.raises(UnsupportedCryptosuite) as info:
+        verify_credential(RDFC["alumni"]["signed"], expected_key=KEY.verify_key, suites=("eddsa-jcs-2022",))
+    assert "not accepted here" in info.value.detail
+    with pytest.raises(UnsupportedCryptosuite):
+        verify_proof_set(RDFC["proofSetChain"]["documents"]["signedProofChain2"], suites=("eddsa-jcs-2022",))
