@@ -40,6 +40,7 @@ from api.http import (
 from api.jsonbytes import json_bytes
 from api.logging import request_line
 from api.openapi import body_rule, build_spec
+from api.resources.audit_trail import routes as audit_trail_routes
 from api.resources import audit, catalogue, devices, identity, metrics, money, system
 from api.resources.traces import Traces
 from domain.model.errors import InvalidInput
@@ -188,6 +189,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/devices/{device_id}/keys", devices.DeviceKeys(market)),
         ("/v1/traces", Traces(market)),
         ("/v1/audit/events", audit.AuditEvents(views)),
+        *audit_trail_routes(market, views),
         ("/v1/listings", catalogue.Listings(market)),
         ("/v1/listings/{listing_id}", catalogue.Listing(market, views)),
         ("/v1/search", catalogue.Search(views)),

@@ -86,6 +86,9 @@ ROUTES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/devices/{device_id}"): Need((ANONYMOUS, *ANY)),
     ("POST", "/v1/devices/{device_id}/keys"): Need(("device",)),
     ("GET", "/v1/audit/events"): Need(ACCOUNT, ("auditor", "admin")),
+    ("GET", "/v1/audit"): Need(ACCOUNT),  # api/resources/audit_trail.py: own entries; auditors and admins all
+    ("GET", "/v1/audit/tree-heads"): PUBLIC,  # signed tree heads are public: anyone may watch the log grow
+    ("GET", "/v1/audit/consistency"): PUBLIC,
     ("POST", "/v1/listings"): DEVICE_SELLER,
     ("GET", "/v1/listings/{listing_id}"): PUBLIC,
     ("PUT", "/v1/listings/{listing_id}"): DEVICE_SELLER,

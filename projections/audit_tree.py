@@ -215,15 +215,22 @@ class TreeStore:
     """Opens :class:`TreeView` transactions on the read-model database (what the audit service uses)."""
 
     def __init__(self, views: ViewDB) -> None:
-        self.views = views
-        with views.transaction() as tx:  # the tables exist before the runner first runs
+        self.views = views  # nothing is opened here: resources are built before any request
+        self._ready = False
+
+    def _create(self) -> None:
+        """The tables exist even before the runner first ran (idempotent, once per store)."""
+        with self.views.transaction() as tx:
             lock_ddl(tx)
             for statement in AuditTree().ddl(tx.dialect):
                 tx.execute(statement)
+        self._ready = True
 
     @contextmanager
     def view(self, *, lock_heads: bool = False) -> Iterator[TreeView]:
         """One transaction; ``lock_heads`` serialises head signing across hosts."""
+        if not self._ready:
+            self._create()
         with self.views.transaction() as tx:
             if lock_heads and tx.dialect == "postgres":
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (HEADS_LOCK_KEY,))
