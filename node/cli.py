@@ -21,6 +21,7 @@ from domain.model.device import enrollment_message, rotation_message
 from domain.model.errors import InvalidInput, MarketError
 from domain.model.keys import SigningKey, b64url
 from node import keystore as ks
+from node.compute import commands as compute_commands
 from node.delivery import commands as delivery_commands
 from node.hub_client import HubClient, device_token
 
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     delist.add_argument("--reason", help="a short reason, kept in the log")
     delist.set_defaults(func=cmd_delist)
     delivery_commands.add_commands(sub, load=_load, home=_home)
+    compute_commands.add_commands(sub, load=_load, home=_home)
     return parser
 
 

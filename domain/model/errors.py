@@ -775,3 +775,288 @@ class TreeInconsistent(Conflict):
 
     code = "tree_inconsistent"
     title = "The log disagrees with the audit tree"
+
+
+# compute: invoke tokens, metered sessions, receipts (docs/protocol.md "Compute"; domain/model/invoke*.py,
+# domain/model/compute.py, node/compute/)
+class InvokeTokenInvalid(DeliveryTokenInvalid):
+    """Raised when an invoke token is malformed (not a compact JWS, bad JSON, a claim out of range)."""
+
+    code = "invoke_token_invalid"
+    title = "Invalid invoke token"
+
+
+class InvokeTokenExpired(InvokeTokenInvalid):
+    """Raised when an invoke token's session deadline (``exp``) has passed."""
+
+    code = "invoke_token_expired"
+    title = "Invoke token expired"
+
+
+class InvokeTokenNotYetValid(InvokeTokenInvalid):
+    """Raised when an invoke token's ``iat`` or ``nbf`` lies more than the allowed skew ahead."""
+
+    code = "invoke_token_not_yet_valid"
+    title = "Invoke token not valid yet"
+
+
+class InvokeStartDeadlinePassed(InvokeTokenInvalid):
+    """Raised when a session that never started is opened after the token's ``start_by``."""
+
+    code = "invoke_start_deadline_passed"
+    title = "Invoke session start deadline passed"
+
+
+class InvokeWrongAudience(InvokeTokenInvalid):
+    """Raised when an invoke token is addressed to another seller device."""
+
+    code = "invoke_wrong_audience"
+    title = "Invoke token for another node"
+
+
+class InvokeTokenSignatureInvalid(InvokeTokenInvalid):
+    """Raised when an invoke token's hub signature does not verify."""
+
+    code = "invoke_token_signature_invalid"
+    title = "Invoke token signature does not verify"
+
+
+class InvokeUnknownKid(InvokeTokenInvalid):
+    """Raised when an invoke token names a hub key the verifier does not trust."""
+
+    code = "invoke_unknown_kid"
+    title = "Invoke token signed by an unknown hub key"
+
+
+class InvokeWrongTyp(InvokeTokenInvalid):
+    """Raised when a token's header is not ``typ: aimarket-invoke+jwt`` with ``alg: EdDSA``."""
+
+    code = "invoke_wrong_typ"
+    title = "Not an invoke token"
+
+
+class InvokeUnknownClaim(InvokeTokenInvalid):
+    """Raised when an invoke token carries a header field or claim the protocol does not define."""
+
+    code = "invoke_unknown_claim"
+    title = "Unknown invoke token claim"
+
+
+class InvokeCnfMismatch(InvokeTokenInvalid):
+    """Raised when the buyer's key is not the one whose thumbprint the token's ``cnf.jkt`` names."""
+
+    code = "invoke_cnf_mismatch"
+    title = "Buyer key does not match the invoke token"
+
+
+class InvokeHandshakeFailed(DeliveryHandshakeFailed):
+    """Raised when an ``aimarket-invoke/1`` handshake message is malformed or out of order."""
+
+    code = "invoke_handshake_failed"
+    title = "Invoke handshake failed"
+
+
+class InvokeClockSkew(InvokeHandshakeFailed):
+    """Raised when the peer's handshake timestamp is more than 30 s from our clock."""
+
+    code = "invoke_clock_skew"
+    title = "Peer clock outside the allowed skew"
+
+
+class InvokePossessionFailed(DeliveryPossessionFailed):
+    """Raised when a peer does not prove its key in the invoke handshake (signature or MAC)."""
+
+    code = "invoke_possession_failed"
+    title = "Proof of possession failed"
+
+
+class InvokeTokenBound(Forbidden):
+    """Raised when an invoke token already bound to one buyer key is presented with another."""
+
+    code = "invoke_token_bound"
+    title = "Invoke token bound to another key"
+
+
+class InvokeNotServed(NotFound):
+    """Raised when the node serves no compute asset for the token's listing."""
+
+    code = "invoke_not_served"
+    title = "No compute asset for this listing here"
+
+
+class InvokeUnitMismatch(InvalidState):
+    """Raised when the token meters another unit than the node's registered asset."""
+
+    code = "invoke_unit_mismatch"
+    title = "Invoke token meters another unit than the asset"
+
+
+class InvokeSessionActive(Conflict):
+    """Raised when a connection for this invoke token is already open (retry when it ends)."""
+
+    code = "invoke_session_active"
+    title = "Invoke session already connected"
+
+
+class InvokeSessionClosed(InvalidState):
+    """Raised when the metered session has ended (closed, deadline, budget or limit reached)."""
+
+    code = "invoke_session_closed"
+    title = "Invoke session closed"
+
+
+class InvokeMessageInvalid(FrameInvalid):
+    """Raised when a compute message inside the encrypted stream is malformed or unexpected."""
+
+    code = "invoke_message_invalid"
+    title = "Malformed compute message"
+
+
+class BudgetExhausted(InsufficientFunds):
+    """Raised when a call could cost more than the session's budget has left; ``extra`` carries
+    ``amount_needed_minor`` (the call's most), ``remaining_minor`` and ``shortfall_minor``."""
+
+    code = "budget_exhausted"
+    status = 402
+    title = "Session budget exhausted"
+
+
+class InvokeCountersignatureRequired(Conflict):
+    """Raised when a call would put more work at risk than the cap rule allows: countersign the
+    latest receipt, then retry."""
+
+    code = "invoke_countersignature_required"
+    title = "Countersign the latest receipt first"
+
+
+class InvokeInputRejected(InvalidInput):
+    """Raised when the node's safety pre-check refused a call's input (a signed rejection, free)."""
+
+    code = "invoke_input_rejected"
+    title = "Input rejected by the safety pre-check"
+
+
+class InvokeRateLimited(MarketError):
+    """Raised when a buyer calls faster than the node's per-buyer rate (a signed rejection, free)."""
+
+    code = "invoke_rate_limited"
+    status = 429
+    title = "Too many calls"
+
+
+class InvokeConcurrencyExceeded(MarketError):
+    """Raised when a call would exceed the session's concurrent calls (free; retry after one ends)."""
+
+    code = "invoke_concurrency_exceeded"
+    status = 429
+    title = "Too many concurrent calls"
+
+
+class ComputeBusy(Unavailable):
+    """Raised when the node has no room for another call or connection (free; retry later)."""
+
+    code = "compute_busy"
+    title = "Compute node busy"
+
+
+class InvokeLimitReached(MarketError):
+    """Raised when a session limit (bytes in or out, wall clock) is reached; free."""
+
+    code = "invoke_limit_reached"
+    status = 413
+    title = "Session limit reached"
+
+
+class InvokeIdleTimeout(Unavailable):
+    """Raised when a connection stayed silent, with no call running, longer than the idle limit."""
+
+    code = "invoke_idle_timeout"
+    title = "Invoke connection idle"
+
+
+class InvokeCallFailed(MarketError):
+    """Raised (buyer side) when the pipeline failed; its receipt says the call was not billed."""
+
+    code = "invoke_call_failed"
+    status = 502
+    title = "Pipeline call failed (not billed)"
+
+
+class InvokeOutputInvalid(InvokeCallFailed):
+    """Raised when the pipeline's output broke its declared schema or size; not billed."""
+
+    code = "invoke_output_invalid"
+    title = "Pipeline output invalid (not billed)"
+
+
+class InvokeCallTimeout(InvokeCallFailed):
+    """Raised when a call ran past its time limit and was stopped; not billed."""
+
+    code = "invoke_call_timeout"
+    status = 504
+    title = "Pipeline call timed out (not billed)"
+
+
+class InvokeCallCancelled(InvokeCallFailed):
+    """Raised when a call was cancelled (by the buyer or the session's end) and stopped; not billed."""
+
+    code = "invoke_call_cancelled"
+    status = 409
+    title = "Pipeline call cancelled (not billed)"
+
+
+class InvokeReceiptInvalid(ReceiptInvalid):
+    """Raised when an invocation receipt is malformed or its amounts do not add up."""
+
+    code = "invoke_receipt_invalid"
+    title = "Invalid invocation receipt"
+
+
+class InvokeReceiptTampered(InvokeReceiptInvalid):
+    """Raised when an invocation receipt's proof does not verify under the seller's key."""
+
+    code = "invoke_receipt_tampered"
+    title = "Invocation receipt tampered with"
+
+
+class InvokeUnitPriceChanged(InvokeReceiptInvalid):
+    """Raised when a receipt's unit, unit price or currency differs from the invoke token's."""
+
+    code = "invoke_unit_price_changed"
+    title = "Receipt unit price differs from the token"
+
+
+class InvokeReceiptReplayed(InvokeReceiptInvalid):
+    """Raised when a receipt is for another session, or its ``seq`` does not increase."""
+
+    code = "invoke_receipt_replayed"
+    title = "Invocation receipt replayed"
+
+
+class InvokeOverBudget(InvokeReceiptInvalid):
+    """Raised when a receipt's cumulative amount exceeds the token's budget (or the cap rule)."""
+
+    code = "invoke_over_budget"
+    title = "Receipt over the session budget"
+
+
+class InvokeCountersignatureInvalid(ReceiptInvalid):
+    """Raised when a buyer countersignature is malformed, signed by another key, or does not
+    match the receipt it names."""
+
+    code = "invoke_countersignature_invalid"
+    title = "Invalid countersignature"
+
+
+class ComputeAssetInvalid(InvalidInput):
+    """Raised when a compute manifest is malformed (fields, schemas, metering, limits)."""
+
+    code = "compute_asset_invalid"
+    title = "Invalid compute manifest"
+
+
+class ComputeEntryPointInvalid(ComputeAssetInvalid):
+    """Raised when a manifest's ``module:function`` entry point cannot be imported or called."""
+
+    code = "compute_entry_point_invalid"
+    title = "Compute entry point unusable"

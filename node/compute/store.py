@@ -1,0 +1,292 @@
+"""Metered sessions on disk: ``<home>/compute.sqlite`` (WAL, ``synchronous=FULL``), group-committed.
+
+Tables: ``sessions`` (one row per invoke token: binding, counters, what is countersigned, state,
+the last and the final receipt), ``receipts`` (every receipt the node signed, by ``(jti, seq)``)
+and ``pending_outbox`` (entries for the compute outbox, written in the same transaction as the
+state they report). Every receipt is committed **before** the buyer sees it or its output, so a
+node killed at any instant restarts with every receipt it handed out (none lost) and never reuses
+a ``seq`` (none billed twice); a call that was running when it died was never billed.
+
+Writes go through one writer thread that commits whatever is queued as one transaction (one
+fsync for many calls: group commit); :meth:`SessionStore.commit` returns a future the event loop
+awaits. After a commit the writer moves pending entries to the outbox (``node.outbox.Outbox``,
+``<home>/compute_outbox.sqlite``) and deletes them; an entry appended just before a crash is
+found again at start and not appended twice (:meth:`SessionStore.recover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from node.outbox import Outbox
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS sessions (jti TEXT PRIMARY KEY, invocation_id TEXT NOT NULL, listing_id TEXT NOT NULL,"
+    " jkt TEXT NOT NULL, token TEXT NOT NULL, bound_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,"
+    " seq INTEGER NOT NULL DEFAULT 0, cumulative_units INTEGER NOT NULL DEFAULT 0,"
+    " cumulative_minor INTEGER NOT NULL DEFAULT 0, countersigned_seq INTEGER NOT NULL DEFAULT 0,"
+    " countersigned_minor INTEGER NOT NULL DEFAULT 0, countersignature TEXT, bytes_in INTEGER NOT NULL DEFAULT 0,"
+    " bytes_out INTEGER NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'open',"
+    " end_reason TEXT, last_receipt TEXT, final_receipt TEXT)",
+    "CREATE TABLE IF NOT EXISTS receipts (jti TEXT NOT NULL, seq INTEGER NOT NULL, receipt TEXT NOT NULL,"
+    " PRIMARY KEY (jti, seq))",
+    "CREATE TABLE IF NOT EXISTS pending_outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL)",
+)
+_COUNTERS = ("seq", "cumulative_units", "cumulative_minor", "bytes_in", "bytes_out", "calls")
+_STOP = object()
+
+
+@dataclass
+class SessionRow:
+    """One session as stored."""
+
+    jti: str
+    invocation_id: str
+    listing_id: str
+    jkt: str
+    token: str
+    bound_ms: int
+    deadline_ms: int
+    seq: int = 0
+    cumulative_units: int = 0
+    cumulative_minor: int = 0
+    countersigned_seq: int = 0
+    countersigned_minor: int = 0
+    countersignature: dict[str, Any] | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    calls: int = 0
+    state: str = "open"
+    end_reason: str | None = None
+    last_receipt: dict[str, Any] | None = None
+    final_receipt: dict[str, Any] | None = None
+
+
+_COLUMNS = ("jti, invocation_id, listing_id, jkt, token, bound_ms, deadline_ms, seq, cumulative_units, cumulative_minor,"
+            " countersigned_seq, countersigned_minor, countersignature, bytes_in, bytes_out, calls, state, end_reason,"
+            " last_receipt, final_receipt")
+
+
+def _row(values: tuple[Any, ...]) -> SessionRow:
+    row = SessionRow(*values)
+    for name in ("countersignature", "last_receipt", "final_receipt"):
+        text = getattr(row, name)
+        setattr(row, name, json.loads(text) if text else None)
+    return row
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode("utf-8")
+
+
+# -- the operations a transaction may hold --------------------------------------------------
+Op = Callable[[sqlite3.Connection], None]
+
+
+def op_bind(row: SessionRow) -> Op:
+    def apply(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO sessions (jti, invocation_id, listing_id, jkt, token, bound_ms, deadline_ms)"
+                   " VALUES (?,?,?,?,?,?,?)", (row.jti, row.invocation_id, row.listing_id, row.jkt, row.token,
+                                               row.bound_ms, row.deadline_ms))
+    return apply
+
+
+def op_receipt(jti: str, receipt: dict[str, Any], counters: dict[str, int], *, final_reason: str | None = None) -> Op:
+    """Record a signed receipt and the counters after it (and the end of the session if final)."""
+    text, values = _json(receipt), [counters[name] for name in _COUNTERS]
+
+    def apply(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO receipts (jti, seq, receipt) VALUES (?,?,?)", (jti, counters["seq"], text))
+        db.execute("UPDATE sessions SET seq = ?, cumulative_units = ?, cumulative_minor = ?, bytes_in = ?,"
+                   " bytes_out = ?, calls = ?, last_receipt = ? WHERE jti = ?", (*values, text, jti))
+        if final_reason is not None:
+            db.execute("UPDATE sessions SET state = 'final', end_reason = ?, final_receipt = ? WHERE jti = ?",
+                       (final_reason, text, jti))
+    return apply
+
+
+def op_countersigned(jti: str, seq: int, amount_minor: int, countersignature: dict[str, Any]) -> Op:
+    text = _json(countersignature)
+
+    def apply(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE sessions SET countersigned_seq = ?, countersigned_minor = ?, countersignature = ?"
+                   " WHERE jti = ? AND countersigned_seq < ?", (seq, amount_minor, text, jti, seq))
+    return apply
+
+
+def op_outbox(kind: str, body: dict[str, Any], now_ms: int) -> Op:
+    text = _json(body)
+
+    def apply(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO pending_outbox (kind, body, created_ms) VALUES (?,?,?)", (kind, text, now_ms))
+    return apply
+
+
+class SessionStore:
+    """Sessions, receipts and the compute outbox. Reads run on the caller's thread (WAL lets
+    them run beside the writer); every write goes through :meth:`commit`."""
+
+    def __init__(self, path: str | Path, outbox_path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._read = self._connect()
+        for statement in _SCHEMA:
+            self._read.execute(statement)
+        self.outbox = Outbox(outbox_path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[tuple[tuple[Op, ...], asyncio.Future[None]]] = []
+        self._handover_scheduled = False
+        self._thread: threading.Thread | None = None
+        self.commits = 0  # transactions (fsyncs) so far, for the bench
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    # -- reads ------------------------------------------------------------------------------
+    def load(self, jti: str) -> SessionRow | None:
+        found = self._read.execute(f"SELECT {_COLUMNS} FROM sessions WHERE jti = ?", (jti,)).fetchone()  # noqa: S608
+        return _row(found) if found else None
+
+    def open_sessions(self) -> list[SessionRow]:
+        rows = self._read.execute(f"SELECT {_COLUMNS} FROM sessions WHERE state = 'open'").fetchall()  # noqa: S608
+        return [_row(r) for r in rows]
+
+    def receipts(self, jti: str) -> list[dict[str, Any]]:
+        rows = self._read.execute("SELECT receipt FROM receipts WHERE jti = ? ORDER BY seq", (jti,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def receipt(self, jti: str, seq: int) -> dict[str, Any] | None:
+        found = self._read.execute("SELECT receipt FROM receipts WHERE jti = ? AND seq = ?", (jti, seq)).fetchone()
+        return json.loads(found[0]) if found else None
+
+    # -- writes -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (after :meth:`recover`)."""
+        self._thread = threading.Thread(target=self._writer, name="compute-store", daemon=True)
+        self._thread.start()
+
+    def commit(self, *ops: Op) -> asyncio.Future[None]:
+        """Queue ``ops`` as one unit of the next transaction; the future resolves once it is durable.
+
+        Units queued in one turn of the event loop go to the writer together (one hand-over, so
+        the writer thread wakes, and takes the interpreter lock, once per group, not per call)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((ops, future))
+        if not self._handover_scheduled:
+            self._handover_scheduled = True
+            loop.call_soon(self._hand_over)
+        return future
+
+    def _hand_over(self) -> None:
+        batch, self._pending, self._handover_scheduled = self._pending, [], False
+        if batch:
+            self._queue.put(batch)
+
+    def commit_now(self, *ops: Op) -> None:
+        """Apply ``ops`` in one transaction on this thread (start-up and tests, never with the
+        writer running), then move pending outbox entries."""
+        db = self._read
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                op(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._flush_outbox(db)
+
+    def _writer(self) -> None:
+        db = self._connect()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = list(item)
+            while len(batch) < 4096:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.extend(nxt)
+            error: BaseException | None = None
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for ops, _ in batch:
+                    for op in ops:
+                        op(db)
+                db.execute("COMMIT")
+                self.commits += 1
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
+                error = exc
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            self._resolve(batch, error)
+            if error is None:
+                self._flush_outbox(db)
+        db.close()
+
+    @staticmethod
+    def _resolve(batch: list[tuple[Any, asyncio.Future[None]]], error: BaseException | None) -> None:
+        loop = batch[0][1].get_loop()
+
+        def done() -> None:
+            for _, future in batch:  # in queue order: waiters resume in the order they committed
+                if not future.done():
+                    if error is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(error)
+        try:
+            loop.call_soon_threadsafe(done)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _flush_outbox(self, db: sqlite3.Connection) -> None:
+        for row_id, kind, body, created_ms in db.execute(
+                "SELECT id, kind, body, created_ms FROM pending_outbox ORDER BY id").fetchall():
+            self.outbox.append(kind, json.loads(body), created_ms)
+            db.execute("DELETE FROM pending_outbox WHERE id = ?", (row_id,))
+
+    def recover(self) -> int:
+        """At start: move entries a crash left pending, skipping those that reached the outbox
+        before it (same kind and body). Returns how many were appended now."""
+        pending = self._read.execute("SELECT id, kind, body, created_ms FROM pending_outbox ORDER BY id").fetchall()
+        seen = {(e.kind, orjson.dumps(e.body, option=orjson.OPT_SORT_KEYS)) for e in self.outbox.entries()
+                if e.kind.startswith("invoke_")} if pending else set()
+        appended = 0
+        for row_id, kind, body, created_ms in pending:
+            parsed = json.loads(body)
+            if (kind, orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS)) not in seen:
+                self.outbox.append(kind, parsed, created_ms)
+                appended += 1
+            self._read.execute("DELETE FROM pending_outbox WHERE id = ?", (row_id,))
+        return appended
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(30)
+            self._thread = None
+        self._read.close()
+        self.outbox.close()
