@@ -4,11 +4,11 @@ consistency proofs between any two heads; problems with stable codes."""
 
 from __future__ import annotations
 
+from domain.app.audit_trail import AuditTrail
 from domain.model.audit_entry import check_consistency_bundle, check_inclusion_bundle
 from domain.model.base import Meta
 from domain.model.keys import VerifyKey
 from projections.audit_tree import TreeStore
-from domain.app.audit_trail import AuditTrail
 from tests.helpers import auth, login, register
 
 

@@ -67,3 +67,34 @@ def test_a_snapshot_moved_to_another_version_or_unsealed_is_refused(runtime, mon
     tamper.set_snapshot_state(channel.id, version, forged)  # bound to another position: the MAC fails
     assert runtime.market.load(Channel, channel.id).spent_minor == 600
     assert "seal does not verify" in list(runtime.market.snapshots.refused)[-1]["reason"]
+
+
+def test_a_fresh_process_refuses_the_overspend_an_edited_snapshot_would_allow(runtime, client, make_settings,
+                                                                              monkeypatch) -> None:
+    """The measured attack, end to end: a cold process (no cache) loads the channel for a debit."""
+    from ops.bootstrap import build_runtime
+    from tests.helpers import register
+
+    buyer, seller = register(client, roles=["buyer"]), register(client, roles=["seller"])
+    monkeypatch.setitem(runtime.market.snapshotting_intervals, Channel, 10)
+    channel = new_channel(deposit_minor=1_000, buyer_account_id=buyer["id"])  # a funded card channel
+    runtime.market.save(channel)
+    for i in range(12):
+        debit(channel, f"k{i}", amount_minor=50, at_s=T0 + i)
+        runtime.market.save(channel)
+    tamper = Tamper(runtime)
+    version, state = tamper.snapshot_state(channel.id)
+    tamper.set_snapshot_state(channel.id, version, state.replace(b'"deposit_minor":1000', b'"deposit_minor":901000'))
+    fresh = build_runtime(runtime.settings)
+    try:
+        body = {"amount_minor": 500, "seller_account_id": seller["id"]}
+        with capture_logs() as logs, pytest.raises(InsufficientFunds):
+            fresh.market.money.debit({"actor": f"account:{buyer['id']}", "correlation_id": "r", "causation_id": ""},
+                                     buyer["id"], str(channel.id), idempotency_key="overspend-1", body=body)
+        assert any(entry["event"] == "snapshot.refused" for entry in logs)
+        fresh.market.money.debit({"actor": f"account:{buyer['id']}", "correlation_id": "r", "causation_id": ""},
+                                 buyer["id"], str(channel.id), idempotency_key="within-1",
+                                 body={**body, "amount_minor": 400})  # the true balance, to the unit
+        assert fresh.market.load(Channel, channel.id).spent_minor == 1_000
+    finally:
+        fresh.close()

@@ -33,8 +33,8 @@ class World:
         return self.runner.catch_up()
 
 
-def new_channel(deposit_minor: int = 1_000) -> Channel:
-    return Channel(id=uuid.uuid4(), meta=META, buyer_account_id="buyer-1", currency="USD", rail="card",
+def new_channel(deposit_minor: int = 1_000, buyer_account_id: str = "buyer-1") -> Channel:
+    return Channel(id=uuid.uuid4(), meta=META, buyer_account_id=buyer_account_id, currency="USD", rail="card",
                    deposit_minor=deposit_minor, funding_ref="pi_1", expiry_s=T0 + 10 * KEY_RETENTION_S, fee_bps=500,
                    unsigned_allowance_minor=0, buyer_wallet="", chain_channel_id="", opened_at_s=T0)
 
