@@ -39,6 +39,9 @@ from projections.base import Projection, lock_ddl
 TILE_WIDTH = 256
 TILE_HEIGHT = 8  # 2**8 = 256 hashes per tile
 HEADS_LOCK_KEY = 7_346_112_013  # serialises head signing across hosts (PostgreSQL advisory lock)
+APPEND = "INSERT INTO audit_tree_leaves VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+PG_APPEND = (f"WITH appended AS ({APPEND} RETURNING leaf_index) UPDATE audit_tree_cursor SET tree_size = ?"  # noqa: S608 - constants only
+             " WHERE id = 1 RETURNING (SELECT count(*) FROM appended) AS inserted")
 
 
 class AuditTree(Projection):
@@ -73,12 +76,16 @@ class AuditTree(Projection):
         index = self._size
         entry = entry_of(position, event.originator_id, event.originator_version, event.topic, event.state)
         leaf = entry_leaf_hash(entry)
-        inserted = tx.execute("INSERT INTO audit_tree_leaves VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                              (index, position, leaf, entry["originator_id"], _actor(event.state)))
+        row = (index, position, leaf, entry["originator_id"], _actor(event.state))
+        if tx.dialect == "postgres":  # one round trip: the leaf and the cursor in one statement
+            found = tx.fetchone(PG_APPEND, (*row, index + 1))
+            inserted = int(found["inserted"]) if found else 0
+        else:
+            inserted = tx.execute(APPEND, row)
+            tx.execute("UPDATE audit_tree_cursor SET tree_size = ? WHERE id = 1", (index + 1,))
         if inserted != 1:
             _check_stored_leaf(tx, index, position, leaf)
         self._size = index + 1
-        tx.execute("UPDATE audit_tree_cursor SET tree_size = ? WHERE id = 1", (self._size,))
         _complete_tiles(tx, self._size)
 
 
