@@ -30,7 +30,9 @@ public key). Three parts, each with its baseline in the same run:
   transfer from ``/proc/<pid>/stat``; the buyer's over ``main`` from ``getrusage`` (all its
   threads: ``buyer_transfer_cpu_s``) and for the whole process from ``wait4``.
   ``--out-dir`` decides where the buyer writes (the buyer fsyncs each verified block, so on a
-  disk the disk's write bandwidth can be the ceiling; ``/dev/shm`` takes it out).
+  disk the disk's write bandwidth can be the ceiling; ``/dev/shm`` takes it out);
+  ``--disk-dir DIR`` adds, last in each round, the encrypted transfer writing to ``DIR`` as a
+  reference (no ratio: it differs in where the buyer writes).
 
 * **resume**: the same transfer, the buyer SIGKILLed at a random moment of the block after half
   the blocks are verified (uniform over one block's time so far), and run again; separately
@@ -184,12 +186,16 @@ def transfer_run(world: BenchWorld, cipher: str, out_dir: Path) -> dict[str, Any
 
 def transfer_part(world: BenchWorld, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     kinds = ["encrypted", "raw", "crypto-only"]
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in [*kinds, "encrypted, to disk"]}
     for round_no in range(args.rounds):
         order = kinds[round_no % 3:] + kinds[:round_no % 3]  # each kind leads one round in three
+        if args.disk_dir:
+            order.append("encrypted, to disk")  # a reference, last: it differs in where the buyer writes
         for kind in order:
             if kind == "crypto-only":
                 result = crypto_only(world)
+            elif kind == "encrypted, to disk":
+                result = transfer_run(world, "secretstream", Path(args.disk_dir))
             else:
                 result = transfer_run(world, "secretstream" if kind == "encrypted" else "none", out_dir)
             result.update(kind=kind, round=round_no + 1, load=loadavg())
@@ -198,6 +204,8 @@ def transfer_part(world: BenchWorld, args: argparse.Namespace, out_dir: Path) ->
     summary: dict[str, Any] = {}
     for kind, results in runs.items():
         ok = [r for r in results if r["outcome"] == "ok"]
+        if not results:
+            continue
         summary[kind] = {
             "median_mb_per_s": median([r["mb_per_s"] for r in ok]),
             "per_round_mb_per_s": [r.get("mb_per_s") for r in results],
@@ -344,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", default="transfer,resume,handshakes", help="comma-separated parts to run")
     parser.add_argument("--data-dir", default="/tmp/aimarket-bench", help="where the object is made (reused)")
     parser.add_argument("--out-dir", default="/tmp/aimarket-bench/out", help="where the buyer writes")
+    parser.add_argument("--disk-dir", help="also run the encrypted transfer writing here (a disk), as a reference")
     parser.add_argument("--hs-clients", type=int, default=64, help="concurrent buyers in the handshake part")
     parser.add_argument("--hs-ops", type=int, default=2000, help="handshakes per run (fresh, then resume)")
     parser.add_argument("--verify-s", type=float, default=3.0, help="seconds of the Ed25519 verification loop")
@@ -352,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     parts = set(args.parts.split(","))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.disk_dir:
+        Path(args.disk_dir).mkdir(parents=True, exist_ok=True)
     world = BenchWorld.make(Path(args.data_dir), args.size_mb * 2**20, args.block_size_mb * 2**20)
     try:
         gate = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
