@@ -5,6 +5,8 @@ On PostgreSQL and on the embedded store."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -14,6 +16,7 @@ from domain.model.errors import InsufficientFunds
 from ops.audit import verify_log
 from tests.audit.tamper import Tamper
 from tests.audit.world import T0, debit, new_channel
+from tests.money.conftest import money_client, money_runtime  # noqa: F401 - fixtures
 
 
 def saved_channel(runtime, monkeypatch) -> Channel:
@@ -98,3 +101,24 @@ def test_a_fresh_process_refuses_the_overspend_an_edited_snapshot_would_allow(ru
         assert fresh.market.load(Channel, channel.id).spent_minor == 1_000
     finally:
         fresh.close()
+
+
+def test_snapshots_taken_by_group_commit_are_sealed_too(money_runtime, money_client, stripe_stub,  # noqa: F811
+                                                        monkeypatch) -> None:
+    """On PostgreSQL debits are saved by the asyncio saver (``after_external_record``): the
+    snapshot's log position is looked up, and the seal is the same."""
+    from tests.money.conftest import debit as api_debit
+    from tests.money.conftest import open_card_channel, person
+
+    assert money_runtime.settings.embedded or money_runtime.debit_batcher.saver is not None
+    monkeypatch.setitem(money_runtime.market.snapshotting_intervals, Channel, 4)
+    buyer, seller = person(money_client, ["buyer"]), person(money_client, ["seller"])
+    channel_id = open_card_channel(money_client, stripe_stub, buyer, 1_000)[0]
+    for _ in range(6):
+        assert api_debit(money_client, buyer, channel_id, seller["id"], 10).status_code == 201
+    _version, state = Tamper(money_runtime).snapshot_state(uuid.UUID(channel_id))
+    assert state.startswith(SEAL_MAGIC)
+    report = verify_log(money_runtime.market, money_runtime.views)
+    assert report["tree"]["snapshots"]["checked"] >= 1
+    assert not [p for p in report["problems"] if p.startswith("snapshot")], report["problems"]
+    assert list(money_runtime.market.snapshots.refused) == []
