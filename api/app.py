@@ -6,7 +6,7 @@ built (Falcon's app-factory style), and nothing is looked up per request.
 
 Responders written as plain functions (most of them: they call the store, bcrypt, the
 chain) run on the app's thread pool after the body has been read on the loop; a responder
-written ``async`` (the debit route) runs on the loop itself, without a thread hand-off.
+written ``async`` (the debit and purchase routes) runs on the loop itself, without a thread hand-off.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from api.jsonbytes import json_bytes
 from api.logging import request_line
 from api.openapi import body_rule, build_spec
 from api.resources.audit_trail import routes as audit_trail_routes
-from api.resources import audit, catalogue, devices, identity, metrics, money, system
+from api.resources import audit, catalogue, devices, identity, metrics, money, purchases, system
 from api.resources.traces import Traces
 from domain.model.errors import InvalidInput
 from domain.model.json_input import check_depth
@@ -195,6 +195,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/search", catalogue.Search(views)),
         ("/v1/categories", catalogue.Categories(views)),
         *money_routes(runtime),
+        *purchase_routes(runtime),
     ]
 
 
@@ -211,6 +212,15 @@ def money_routes(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/balances", money.Balances(views)),
         ("/v1/statements", money.Statements(views)),
         ("/v1/me/payout-destination", money.PayoutDestination(market)),
+    ]
+
+
+def purchase_routes(runtime: HubRuntime) -> list[tuple[str, object]]:
+    market = runtime.market
+    return [
+        ("/v1/purchases", purchases.Purchases(runtime.debit_batcher, runtime.views)),
+        ("/v1/purchases/{purchase_id}", purchases.Purchase(market)),
+        ("/v1/purchases/{purchase_id}/revoke", purchases.Revoke(market)),
     ]
 
 

@@ -109,6 +109,10 @@ ROUTES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/balances"): Need(ACCOUNT),
     ("GET", "/v1/statements"): Need(ACCOUNT, ("seller",)),
     ("POST", "/v1/me/payout-destination"): Need(("session",), ("seller",), recent=True),
+    ("POST", "/v1/purchases"): BUYER,
+    ("GET", "/v1/purchases"): Need(ACCOUNT),
+    ("GET", "/v1/purchases/{purchase_id}"): Need(ACCOUNT),
+    ("POST", "/v1/purchases/{purchase_id}/revoke"): Need(ACCOUNT, ("seller", "admin")),
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from domain.app.debit_batcher import DebitBatcher
 from domain.app.marketplace import Marketplace, utcnow
 from domain.app.money import MoneyConfig
+from domain.app.purchases import PurchaseConfig
 from domain.model.ports import SettleChain, SettlementLease, SettlementQueue
 from domain.model.secrets import PlatformSecrets
 from ops.adapters.evm.lazy import LazyChain
@@ -171,6 +172,8 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
             event_store_env(settings), secrets=PlatformSecrets(platform_secret(settings)), hub_url=settings.hub_url,
             nonces=nonces, clock=clock, bcrypt_rounds=settings.bcrypt_rounds, session_ttl_s=settings.session_ttl_s,
             money_config=money_config(settings), chain=chain, cards=card_gateway(settings),
+            purchase_config=PurchaseConfig(start_window_s=settings.delivery_start_s,
+                                           transfer_window_s=settings.delivery_transfer_s),
         )
         runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces, chain=chain,
                           debit_batcher=build_debit_batcher(settings, market),

@@ -63,6 +63,9 @@ class Settings:
     stripe_webhook_secret: str = field(default="", repr=False)
     stripe_api_base: str = ""
     debit_batch_ms: float = 2.0  # group-commit window; 0 = one transaction per debit
+    # -- purchases (issue 11): a delivery token's deadlines, counted from the purchase ----------
+    delivery_start_s: int = 15 * 60  # the first byte by then (the token's start_by)
+    delivery_transfer_s: int = 24 * 3600  # the whole transfer by then (the token's exp)
 
     @property
     def embedded(self) -> bool:
@@ -219,6 +222,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     database_url = _url(env, "AIMARKET_DATABASE_URL", "", ("postgres", "postgresql"), _PG_EXAMPLE)
     bind = _bind(env, "AIMARKET_BIND", "127.0.0.1:8080")
     http = ("http", "https")
+    delivery_start_s = _int(env, "AIMARKET_DELIVERY_START_S", 15 * 60, low=1, high=30 * 86400)
+    delivery_transfer_s = _int(env, "AIMARKET_DELIVERY_TRANSFER_S", 24 * 3600, low=1, high=30 * 86400)
+    if delivery_start_s > delivery_transfer_s:
+        raise SettingsError("AIMARKET_DELIVERY_START_S must not exceed AIMARKET_DELIVERY_TRANSFER_S")
     return Settings(
         data_dir=_data_dir(env, "AIMARKET_DATA_DIR"),
         database_url=database_url,
@@ -253,4 +260,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                      "a Stripe webhook signing secret (whsec_...)"),
         stripe_api_base=_url(env, "AIMARKET_STRIPE_API_BASE", "", http, "https://api.stripe.com"),
         debit_batch_ms=_float(env, "AIMARKET_DEBIT_BATCH_MS", 2.0, low=0, high=1000),
+        delivery_start_s=delivery_start_s,
+        delivery_transfer_s=delivery_transfer_s,
     )

@@ -7,8 +7,9 @@ from projections.audit_tree import AuditTree
 from projections.balances import Balances
 from projections.base import Projection
 from projections.devices import Devices
+from projections.purchases import Purchases
 from projections.search.projection import SearchProjection
 
 
 def all_projections() -> list[Projection]:
-    return [AuditLog(), Devices(), Balances(), SearchProjection(), AuditTree()]
+    return [AuditLog(), Devices(), Balances(), SearchProjection(), Purchases(), AuditTree()]

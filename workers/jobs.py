@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 import structlog
 
-from workers import payouts, refunds, settlement, settlement_reconcile
+from workers import payouts, purchases, refunds, settlement, settlement_reconcile
 from workers.cron import Schedule
 from workers.runtime import RuntimeMiddleware, WorkerRuntime, retry_rule
 
@@ -26,6 +26,7 @@ PAYOUT_SWEEP_EVERY_S = 3600
 # 24 h Stripe keeps an idempotency key (a retry then returns the same refund).
 REFUND_SWEEP_EVERY_S = 600
 RECONCILE_EVERY_S = 600  # ledger vs contract for every closing or settled chain channel
+TOKEN_SWEEP_EVERY_S = 60  # delivery tokens: start deadlines are minutes long
 
 
 class Jobs:
@@ -59,6 +60,8 @@ class Jobs:
                                        "sweep_settlements", settlement.SETTLE_QUEUE, 3)
         self.reconcile_settlements = actor(lambda: settlement_reconcile.reconcile_settlements(rt()),
                                            "reconcile_settlements", settlement.SETTLE_QUEUE, 3)
+        self.sweep_purchase_tokens = actor(lambda: purchases.sweep_purchase_tokens(rt()), "sweep_purchase_tokens",
+                                           "maintenance", 3)
 
 
 def _sweep_nonces(runtime: WorkerRuntime) -> None:
@@ -72,4 +75,5 @@ def schedules(jobs: Jobs) -> list[Schedule]:
             Schedule("sweep_settlements", SETTLEMENT_SWEEP_EVERY_S, jobs.sweep_settlements.send),
             Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.sweep_payouts.send),
             Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.sweep_refunds.send),
-            Schedule("reconcile_settlements", RECONCILE_EVERY_S, jobs.reconcile_settlements.send)]
+            Schedule("reconcile_settlements", RECONCILE_EVERY_S, jobs.reconcile_settlements.send),
+            Schedule("sweep_purchase_tokens", TOKEN_SWEEP_EVERY_S, jobs.sweep_purchase_tokens.send)]

@@ -1,4 +1,4 @@
-"""Group commit for debits: many concurrent debit requests, one transaction.
+"""Group commit for debits and purchases: many concurrent requests, one transaction.
 
 The API process's event loop is the sequencer. A debit request is checked where no channel
 state is needed (body, ownership, seller, voucher signature) and queued; the loop gathers
@@ -20,6 +20,12 @@ fresh state, so two hosts can never both spend the same balance.
 With a ``router`` (``ops.adapters.redis_routing``), each channel has one owning process: a debit
 for another process's channel is checked here and then forwarded to its owner, so batches
 of different processes never touch the same channel and the cached state stays current.
+
+A purchase (``domain.app.purchases``) is a batch item like a debit: checked, routed to the
+channel's owner, applied in arrival order (the channel's debit and the new ``Purchase`` with
+its token) and saved in the batch's one transaction. Its listing and device are read from
+caches; the saver checks in that transaction that they are still the versions read
+(``domain.model.ports.StaleRead``), else the batch runs again on fresh state.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ import structlog
 from eventsourcing.persistence import IntegrityError
 
 from domain.app.money import check_idempotency_key, request_hash
+from domain.app.purchases import BatchReads
 from domain.model.channel import Channel
 from domain.model.errors import Conflict, MarketError, NotFound, Unavailable, error_from_wire
+from domain.model.ports import StaleRead
+from domain.model.purchase import purchase_id_for
 
 if TYPE_CHECKING:
     from domain.app.marketplace import Marketplace
@@ -54,15 +63,23 @@ class _Request:
     key: str
     digest: str
     body: dict[str, Any]
+    kind: str = "debit"  # or "purchase"
+    account_id: str = ""  # purchases: the buyer (the purchase id derives from it and the key)
+    purchase_id: UUID | None = None
     future: Any = field(default=None)  # an asyncio future of the loop that queued it
 
     def to_wire(self) -> dict[str, Any]:
-        return {"meta": self.meta, "channel_id": str(self.channel_id), "key": self.key, "digest": self.digest,
+        wire = {"meta": self.meta, "channel_id": str(self.channel_id), "key": self.key, "digest": self.digest,
                 "body": self.body}
+        if self.kind != "debit":
+            wire |= {"kind": self.kind, "account_id": self.account_id, "purchase_id": str(self.purchase_id)}
+        return wire
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> _Request:
-        return cls(wire["meta"], UUID(wire["channel_id"]), wire["key"], wire["digest"], wire["body"])
+        purchase_id = wire.get("purchase_id")
+        return cls(wire["meta"], UUID(wire["channel_id"]), wire["key"], wire["digest"], wire["body"],
+                   wire.get("kind", "debit"), wire.get("account_id", ""), UUID(purchase_id) if purchase_id else None)
 
 
 class DebitBatcher:
@@ -90,7 +107,15 @@ class DebitBatcher:
     async def submit(self, meta: dict, account_id: str, channel_id: str, key: str,
                      body: dict[str, Any]) -> dict[str, Any]:
         """Debit as ``account_id``; returns the debit's answer once committed (or raises)."""
-        request = self.check(meta, account_id, channel_id, key, body)
+        return await self._route(self.check(meta, account_id, channel_id, key, body))
+
+    async def submit_purchase(self, meta: dict, account_id: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Buy as ``account_id`` (``domain.app.purchases``); the purchase's answer once committed."""
+        request = self.check_purchase(meta, account_id, key, body)
+        replayed = self.market.purchases.recent_answer(request.purchase_id, request.digest)
+        return replayed if replayed is not None else await self._route(request)
+
+    async def _route(self, request: _Request) -> dict[str, Any]:
         router = self.router
         if router is not None:
             if not router.started:
@@ -120,6 +145,16 @@ class DebitBatcher:
             market.money.wallet_of(normal["seller_account_id"])
             market.money.verify_debit_voucher(channel, normal["voucher"])
         return _Request(meta, channel.id, key, request_hash(normal), normal)
+
+    def check_purchase(self, meta: dict, account_id: str, key: str, body: dict[str, Any]) -> _Request:
+        """A purchase's checks that need no channel balance (``PurchaseService.precheck``)."""
+        purchases = self.market.purchases
+        key = check_idempotency_key(key)
+        normal = purchases.purchase_body(body)
+        channel = self._facts(account_id, normal["channel_id"])
+        purchases.precheck(account_id, normal, channel)
+        return _Request(meta, channel.id, key, request_hash(normal), normal, "purchase", account_id,
+                        purchase_id_for(account_id, key))
 
     def join_routing(self) -> None:
         """Join the routing members and take forwarded debits on the running loop (done on
@@ -175,45 +210,78 @@ class DebitBatcher:
         self.batches += 1
         for _attempt in range(BATCH_ATTEMPTS):
             try:
-                outcomes, dirty = self._apply(batch)
+                outcomes, dirty, reads = self._apply(batch)
                 if dirty:
-                    await self.saver(dirty)  # ONE transaction for the whole batch
+                    # ONE transaction for the whole batch (with purchases: checking what it read)
+                    await (self.saver(dirty, reads.versions) if reads.versions else self.saver(dirty))
                     self.commits += 1
+                if reads.created:
+                    self.market.purchases.committed(list(reads.created.values()))
                 return outcomes
             except IntegrityError:
                 self.conflicts += 1
                 self._evict({r.channel_id for r in batch})
+            except StaleRead as stale:  # a listing or device changed, or a purchase exists
+                self.conflicts += 1
+                self._evict({r.channel_id for r in batch})
+                self.market.purchases.stale(stale.ids)
             except Exception as exc:  # noqa: BLE001 - store down etc.: every waiter gets the error
                 self._evict({r.channel_id for r in batch})
                 log.warning("debits.batch_failed", error=repr(exc), size=len(batch))
                 return [exc] * len(batch)
         return [Conflict("the channel changed concurrently; retry the request")] * len(batch)
 
-    def _apply(self, batch: list[_Request]) -> tuple[list[Any], list[Channel]]:
-        """Each debit on its channel, in arrival order: the outcomes, and the channels changed."""
+    def _apply(self, batch: list[_Request]) -> tuple[list[Any], list[Any], BatchReads]:
+        """Each request on its channel, in arrival order: the outcomes, the aggregates changed
+        or created, and what purchases read."""
         touched: dict[Any, Channel] = {}
+        reads = BatchReads()
         outcomes: list[Any] = []
         now_s = self.market.now_s()
         for r in batch:
             try:
                 channel = touched.get(r.channel_id) or self._channel(r.channel_id)
-                outcome: Any = channel.debit(
-                    r.meta, key=r.key, request_hash=r.digest, amount_minor=r.body["amount_minor"],
-                    seller_account_id=r.body["seller_account_id"], purpose=r.body["purpose"], now_s=now_s,
-                    voucher=r.body["voucher"])
+                if r.kind == "purchase":
+                    outcome: Any = self.market.purchases.apply(
+                        r.meta, account_id=r.account_id, purchase_id=r.purchase_id, key=r.key, digest=r.digest,
+                        body=r.body, channel=channel, now_s=now_s, reads=reads)
+                else:
+                    outcome = channel.debit(
+                        r.meta, key=r.key, request_hash=r.digest, amount_minor=r.body["amount_minor"],
+                        seller_account_id=r.body["seller_account_id"], purpose=r.body["purpose"], now_s=now_s,
+                        voucher=r.body["voucher"])
                 touched[r.channel_id] = channel
             except MarketError as exc:
                 outcome = exc
             outcomes.append(outcome)
-        dirty = [c for c in touched.values() if c.pending_events]
+        dirty: list[Any] = [c for c in touched.values() if c.pending_events]
         for channel in dirty:
             channel.check_invariants()
-        return outcomes, dirty
+        return outcomes, dirty + list(reads.created.values()), reads
 
-    async def _save_on_thread(self, channels: list[Channel]) -> None:
+    async def _save_on_thread(self, aggregates: list[Any], reads: dict[Any, int | None] | None = None) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="debit-commit")
-        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.market.save(*channels))
+
+        def save() -> None:
+            if reads:
+                self._check_reads(reads)
+            self.market.save(*aggregates)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, save)
+
+    def _check_reads(self, reads: dict[Any, int | None]) -> None:
+        """The embedded store's check of what a batch read: just before its save, not in the
+        save's transaction (SQLite has one writer host; a change between the two is a race
+        of microseconds the store's version check does not see, accepted there)."""
+        recorder = self.market.recorder
+        stale = []
+        for aggregate_id, version in reads.items():
+            last = recorder.select_events(aggregate_id, desc=True, limit=1)
+            if (last[0].originator_version if last else None) != version:
+                stale.append(aggregate_id)
+        if stale:
+            raise StaleRead(stale)
 
     # -- caches -----------------------------------------------------------------------------
     def _facts(self, account_id: str, channel_id: str) -> Channel:

@@ -266,13 +266,15 @@ class Purchase(MarketAggregate):
         if self.delivered is not None or self.revoked is not None:
             return False
         reason = (self.expired or {}).get("reason", "")
-        if self.redemption is None and not reason and now_s > self.start_by_s + skew_s:
+        if self.redemption is None:
+            if reason or now_s <= self.start_by_s + skew_s:
+                return False
             self._token_expired(meta=meta, reason="not_started", at_s=now_s)
             return True
-        if reason != "not_delivered" and now_s > self.expires_at_s + skew_s:
-            self._token_expired(meta=meta, reason="not_delivered", at_s=now_s)
-            return True
-        return False
+        if reason == "not_delivered" or now_s <= self.expires_at_s + skew_s:
+            return False
+        self._token_expired(meta=meta, reason="not_delivered", at_s=now_s)
+        return True
 
     @event("TokenExpired")
     def _token_expired(self, meta: dict, reason: str, at_s: int) -> None:

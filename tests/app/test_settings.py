@@ -47,6 +47,8 @@ BAD: dict[str, list[str]] = {
     "AIMARKET_STRIPE_WEBHOOK_SECRET": ["secret", "whsec_"],
     "AIMARKET_STRIPE_API_BASE": ["api.stripe.com", "ftp://api.stripe.com"],
     "AIMARKET_DEBIT_BATCH_MS": ["abc", "-1", "nan", "inf", "1001"],
+    "AIMARKET_DELIVERY_START_S": ["soon", "0", "-1", "2592001", "86401"],  # the last: above the transfer's
+    "AIMARKET_DELIVERY_TRANSFER_S": ["day", "0", "2592001", "899"],  # the last: below the start's
 }
 CASES = [(name, value) for name, values in BAD.items() for value in values]
 
@@ -109,6 +111,8 @@ def test_good_values_parse() -> None:
         "AIMARKET_STRIPE_WEBHOOK_SECRET": "whsec_abc123",
         "AIMARKET_STRIPE_API_BASE": "https://api.stripe.com",
         "AIMARKET_DEBIT_BATCH_MS": "0.5",
+        "AIMARKET_DELIVERY_START_S": "60",
+        "AIMARKET_DELIVERY_TRANSFER_S": "7200",
     }
     assert set(env) == set(BAD)
     s = load_settings(env)
@@ -122,6 +126,7 @@ def test_good_values_parse() -> None:
         chain_rpc_url="http://127.0.0.1:8545", channels_address=ADDRESS, token_address=ADDRESS.lower(),
         token_currency="USDC", operator_key_hex="0x" + KEY, stripe_api_key="sk_test_abc123",
         stripe_webhook_secret="whsec_abc123", stripe_api_base="https://api.stripe.com", debit_batch_ms=0.5,
+        delivery_start_s=60, delivery_transfer_s=7200,
     )
     assert s.pg_parts() == {"host": "db.internal", "port": "6432", "user": "app", "password": "p@ss",
                             "dbname": "market"}
