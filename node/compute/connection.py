@@ -21,6 +21,7 @@ from domain.model.errors import (
     BudgetExhausted,
     ComputeBusy,
     InvokeCountersignatureRequired,
+    InvokeIdleTimeout,
     InvokeLimitReached,
     InvokeMessageInvalid,
     MarketError,
@@ -73,7 +74,7 @@ class Connection:
                 try:
                     record = await read_record(self.reader, self.opener, timeout)
                 except TimeoutError:
-                    self.sender.error(Unavailable("no call for the idle limit; the session stays open"))
+                    self.sender.error(InvokeIdleTimeout(f"no call for {cfg.idle_timeout_s:g} s; the session stays open"))
                     return
                 if record.type == fr.END:
                     await self._close(record)

@@ -133,7 +133,7 @@ class ComputeServer:
         send it to the buyer if one is connected."""
         if not session.open or session.broken:
             return
-        session.finalizing = True
+        session.finalizing = reason
         timer = self._timers.pop(session.claims.jti, None)
         if timer is not None:
             timer.cancel()
@@ -286,6 +286,9 @@ class ComputeServer:
             session = self._session(row, claims)
         if session.row.jkt != jkt:
             raise InvokeTokenBound("this invoke token is bound to another buyer key")
+        if session.row.state != "open":
+            sender.end(canonical_json(session.row.final_receipt))
+            return None
         if not session.open:
             raise InvokeSessionClosed("the session is ending")
         if session.connection is not None:

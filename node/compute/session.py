@@ -40,7 +40,7 @@ class Session:
         self.max_bytes_in, self.max_bytes_out = max_bytes_in, max_bytes_out
         self.in_flight: dict[int, int] = {}  # call id of the live connection -> amount reserved
         self.connection: Any = None  # the live connection, if any
-        self.finalizing = False
+        self.finalizing: str | None = None  # the reason, while the final receipt is being made
         self.broken = False  # a commit failed: memory may be ahead of disk, reload before use
         self._digests: dict[int, str] = {}
 
@@ -60,18 +60,25 @@ class Session:
 
     # -- admission ----------------------------------------------------------------------------
     def check_open(self) -> None:
-        if not self.open:
-            raise InvokeSessionClosed(f"the session ended ({self.row.end_reason or 'closing'})")
+        if self.open:
+            return
+        reason = self.finalizing or self.row.end_reason
+        if reason == "budget":  # say what a call would need, as while it was open
+            self._admit_rule(sum(self.in_flight.values()))
+        raise InvokeSessionClosed(f"the session ended ({reason or 'closing'})")
+
+    def _admit_rule(self, in_flight_minor: int) -> None:
+        claims = self.claims
+        admit_call(budget_minor=claims.budget_minor, billed_minor=self.row.cumulative_minor,
+                   in_flight_minor=in_flight_minor, countersigned_minor=self.row.countersigned_minor,
+                   call_max_minor=claims.call_max_minor, max_concurrency=claims.max_concurrency)
 
     def admit(self, call: int, input_bytes: int) -> None:
         """Reserve one call's most (raises a free refusal: closed, concurrency, bytes, budget,
         countersignature). The safety pre-check runs between :meth:`check_limits` and this."""
         self.check_open()
-        claims = self.claims
-        admit_call(budget_minor=claims.budget_minor, billed_minor=self.row.cumulative_minor,
-                   in_flight_minor=sum(self.in_flight.values()), countersigned_minor=self.row.countersigned_minor,
-                   call_max_minor=claims.call_max_minor, max_concurrency=claims.max_concurrency)
-        self.in_flight[call] = claims.call_max_minor
+        self._admit_rule(sum(self.in_flight.values()))
+        self.in_flight[call] = self.claims.call_max_minor
 
     def check_limits(self, input_bytes: int) -> None:
         self.check_open()

@@ -81,7 +81,24 @@ class _Asset:
         return {"ok": True, "count": count}, output
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the node that started it dies (even by SIGKILL), so a
+    crashed node leaves no seller code running."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> int:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the node died before the line above took effect
+        return 1
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever the seller's code prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
