@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 LISTING = open_obj(id={"type": "string"}, status={"type": "string"}, title={"type": "string"},
                    kind={"type": "string"}, price_minor={"type": "integer"}, currency={"type": "string"},
                    device_id={"type": "string"}, account_id={"type": "string"}, version={"type": "integer"})
+DELIVERY = {"type": ["object", "null"], "description": "the signed delivery commitment: object_hash (sha256 SRI of "
+            "the delivered file), size_bytes, blocks ({alg, block_size, count, root}); null: not deliverable",
+            "properties": {"object_hash": {"type": "string"}, "size_bytes": {"type": "integer"},
+                           "blocks": {"type": "object"}}}
 DETAIL = open_obj(id={"type": "string"}, status={"type": "string"}, title={"type": "string"},
+                  version={"type": "integer"}, delivery=DELIVERY,
                   price=open_obj(price_minor={"type": "integer"}, currency={"type": "string"}),
                   schema_preview={"type": "array"}, quality={"type": "object"}, pii={"type": "object"},
                   seller=open_obj(device_id={"type": "string"}, trust_score={"type": "number"}))
@@ -67,7 +72,8 @@ class Listings:
 
 class Listing:
     openapi = {
-        "get": op("One listing: schema preview, quality, PII summary, price, seller device and trust",
+        "get": op("One listing: schema preview, quality, PII summary, price, seller device and trust, its "
+                  "version and delivery commitment",
                   "catalogue", responses={"200": DETAIL}),
         "put": op("Update a listing with a new signed ListingCredential (action update)", "catalogue",
                   auth="device", body=UPDATE_CREDENTIAL, responses={"200": LISTING}),
@@ -83,7 +89,7 @@ class Listing:
         detail = listing_detail(self.views, str(parse_uuid(listing_id, param="listing_id")))
         if detail is None:
             raise NotFound("listing not found")
-        resp.media = detail
+        resp.media = {**detail, **self.market.catalogue.delivery_of(listing_id)}  # what the token will carry
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, listing_id: str) -> None:
         who = principal(req, "device")

@@ -86,6 +86,13 @@ class CatalogueService(Service):
     def listing(self, listing_id: str | UUID) -> Listing:
         return self.load(Listing, parse_uuid(listing_id, param="listing_id"), "listing")
 
+    def delivery_of(self, listing_id: str | UUID) -> dict[str, Any]:
+        """What a buyer's node checks a delivery against, from the listing itself (current,
+        never a lagging read model): its version and its signed ``delivery`` commitment
+        (``object_hash``, ``size_bytes``, ``blocks``), or None when it has none."""
+        listing = self.listing(listing_id)
+        return {"version": listing.version, "delivery": listing.metadata.get("delivery")}
+
     def publish_listing(self, meta: dict, principal: Principal,
                         credential: dict[str, Any]) -> dict[str, Any]:
         """Record ``Listing.Published`` from a publish credential; a retry returns the same listing."""

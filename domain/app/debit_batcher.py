@@ -228,6 +228,8 @@ class DebitBatcher:
             except Exception as exc:  # noqa: BLE001 - store down etc.: every waiter gets the error
                 self._evict({r.channel_id for r in batch})
                 log.warning("debits.batch_failed", error=repr(exc), size=len(batch))
+                if not isinstance(exc, MarketError):  # nothing was recorded: a retry is safe (same key)
+                    exc = Unavailable("the batch could not be recorded; retry the request with its Idempotency-Key")
                 return [exc] * len(batch)
         return [Conflict("the channel changed concurrently; retry the request")] * len(batch)
 

@@ -161,3 +161,12 @@ def test_a_listing_changed_by_another_host_is_read_again_before_the_commit(shop,
     assert (p["price_minor"], p["listing_version"]) == (2500, 2)
     assert shop.runtime.debit_batcher.conflicts == before + 1
     assert shop.channel(buyer)["spent_minor"] == 3500
+
+
+def test_listing_detail_shows_its_delivery_commitment_and_version(shop) -> None:
+    seller = shop.seller()
+    listing_id, bare = shop.listing(seller), shop.listing(seller, deliverable=False)
+    shop.catch_up()
+    detail = shop.client.simulate_get(f"/v1/listings/{listing_id}").json
+    assert detail["delivery"] == delivery_of() and detail["version"] == 1
+    assert shop.client.simulate_get(f"/v1/listings/{bare}").json["delivery"] is None
