@@ -36,6 +36,10 @@ delivery:
   aim-node serve                                  # serve registered files to token holders
   aim-node purchase-key --out buyer.jwk           # buyer: a key per purchase (give the hub its jkt)
   aim-node fetch --token t.jwt --key buyer.jwk --out data.csv --hub-key z6Mk...
+
+buying:
+  aim-node buy LISTING --channel CHANNEL --hub URL --api-key aim_... [--out data.csv]
+  aim-node fetch PURCHASE --out data.csv          # a purchase bought on this node
 """
 
 
@@ -212,6 +216,52 @@ def cmd_delist(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_buy(args: argparse.Namespace) -> int:
+    from node.delivery.buy import buy
+
+    hub_url = args.hub or os.environ.get("AIM_HUB_URL")
+    api_key = args.api_key or os.environ.get("AIM_API_KEY")
+    if not hub_url:
+        raise InvalidInput("give the hub with --hub URL or AIM_HUB_URL")
+    if not api_key:
+        raise InvalidInput("give the buyer's API key with --api-key or AIM_API_KEY")
+    voucher = None
+    if args.voucher_file:
+        try:
+            voucher = json.loads(Path(args.voucher_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read the voucher file: {exc}", param="voucher-file") from None
+    bought = buy(HubClient(hub_url), args.listing_id, args.channel, bearer=api_key, home=_home(args), voucher=voucher)
+    p = bought.purchase
+    _print({"purchase_id": bought.purchase_id, "status": p["status"], "price_minor": p["price_minor"],
+            "fee_minor": p["fee_minor"], "currency": p["currency"], "token_file": str(bought.token_path),
+            "key_file": str(bought.key_path)})
+    if not args.out:
+        return 0
+    fetch = argparse.Namespace(**{**vars(args), "purchase": bought.purchase_id, "token": None, "key": None})
+    return int(delivery_commands.cmd_fetch(fetch, _load, _home(args)))
+
+
+def _buy_arguments(sub: Any) -> None:
+    buy = sub.add_parser("buy", help="buyer: buy a listing from a channel (the delivery token and its per-purchase "
+                                     "key are kept under HOME/purchases); with --out, fetch it at once")
+    buy.add_argument("listing_id", metavar="LISTING")
+    buy.add_argument("--channel", required=True, help="the channel that pays (POST /v1/channels)")
+    buy.add_argument("--hub", help="hub URL (or AIM_HUB_URL)")
+    buy.add_argument("--api-key", help="the buyer's API key (or AIM_API_KEY)")
+    buy.add_argument("--voucher-file", help="chain channels: a JSON {cumulative_minor, signature} voucher covering "
+                                            "the channel's spend after this purchase")
+    buy.add_argument("--out", help="fetch the object into this file right after buying")
+    buy.add_argument("--seller", help="host:port of the seller's node (default: the token's endpoint)")
+    buy.add_argument("--hub-key", action="append", help="trusted hub signing key, [KID=]z6Mk… (default: the hub's "
+                                                        "discovery document)")
+    buy.add_argument("--retries", type=int, default=8, help="reconnections after a drop (resumes)")
+    buy.add_argument("--receipt", help="where to write the receipt and confirmation (OUT.receipt.json)")
+    buy.add_argument("--no-progress", action="store_true", help="no progress bar")
+    buy.add_argument("--no-report", action="store_true", help="do not report the confirmation to the hub")
+    buy.set_defaults(func=cmd_buy)
+
+
 def _offer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", help="the JSON report written by `aim-node profile`")
     parser.add_argument("--price", type=int, required=True, help="price in minor units (1999 = 19.99 USD)")
@@ -261,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     delist.add_argument("--reason", help="a short reason, kept in the log")
     delist.set_defaults(func=cmd_delist)
     delivery_commands.add_commands(sub, load=_load, home=_home)
+    _buy_arguments(sub)
     compute_commands.add_commands(sub, load=_load, home=_home)
     return parser
 

@@ -14,7 +14,7 @@ from typing import Any
 from domain.model.delivery import jwk_thumbprint
 from domain.model.errors import InvalidInput, MarketError
 from domain.model.keys import SigningKey, VerifyKey
-from node.delivery.keys import load_buyer_key, save_buyer_key
+from node.delivery.keys import save_buyer_key
 from node.delivery.run import announce, hub_keys_from_discovery, parse_hub_keys, serve
 from node.delivery.server import ServerConfig
 from node.delivery.uplink import HubKeys, Uplink, UplinkThread, wall_ms
@@ -107,11 +107,11 @@ class ProgressBar:
 
 
 def cmd_fetch(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
+    from node.delivery.buy import fetch_inputs
     from node.delivery.client import fetch
 
-    token = Path(args.token).read_text().strip()
-    buyer_key = load_buyer_key(args.key)
-    hub_keys = _hub_keys(args, None)
+    token, buyer_key, hub_url = fetch_inputs(home, args.purchase, args.token, args.key)
+    hub_keys = _hub_keys(args, hub_url)
     bar = ProgressBar(sys.stderr) if not args.no_progress and sys.stderr.isatty() else None
     try:
         result = fetch(token, args.out, buyer_key, hub_keys, seller=args.seller, retries=args.retries, progress=bar)
@@ -204,12 +204,15 @@ def add_commands(sub: Any, *, load: Callable[[argparse.Namespace], Any],
     serve_p.add_argument("--pump", type=float, default=2.0, help="seconds between outbox delivery rounds")
     serve_p.set_defaults(func=bind(cmd_serve))
     fetch_p = sub.add_parser("fetch", help="buyer: fetch a purchased object straight from the seller's node")
-    fetch_p.add_argument("--token", required=True, help="file holding the delivery token")
+    fetch_p.add_argument("purchase", nargs="?", help="a purchase made by `aim-node buy` on this node (its token "
+                                                     "and key are kept under HOME/purchases); or --token and --key")
+    fetch_p.add_argument("--token", help="file holding the delivery token (instead of PURCHASE)")
     fetch_p.add_argument("--out", required=True, help="where to write the object (OUT.partial while running)")
-    fetch_p.add_argument("--key", required=True, help="the per-purchase key file (`aim-node purchase-key`)")
+    fetch_p.add_argument("--key", help="the per-purchase key file (`aim-node purchase-key`), with --token")
     fetch_p.add_argument("--seller", help="host:port of the seller's node (default: the token's endpoint)")
     fetch_p.add_argument("--hub-key", action="append", help="trusted hub signing key, [KID=]z6Mk… (repeatable)")
-    fetch_p.add_argument("--hub", help="hub URL to read its signing key from instead")
+    fetch_p.add_argument("--hub", help="hub URL to read its signing key from instead (default for PURCHASE: the "
+                                       "hub it was bought from)")
     fetch_p.add_argument("--retries", type=int, default=8, help="reconnections after a drop (resumes)")
     fetch_p.add_argument("--receipt", help="where to write the receipt and confirmation (OUT.receipt.json)")
     fetch_p.add_argument("--no-progress", action="store_true", help="no progress bar")
