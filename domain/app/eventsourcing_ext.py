@@ -124,9 +124,12 @@ class FastSaveApplication(Application[UUID]):
 class ArrayInsertRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Binary parameters (%b): the four arrays go out in psycopg's binary format, so no
+        # element is quoted or escaped as array text (a regex per element; with %s that was
+        # about half of the batch saver's CPU per transaction, issue 9).
         self.insert_arrays_statement = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[]) "
+            "SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[]) "
             "RETURNING notification_id"
         ).format(schema=Identifier(self.datastore.schema), table=Identifier(self.events_table_name),
                  id_type=SQL(self.datastore.originator_id_type))
