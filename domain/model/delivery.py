@@ -31,9 +31,11 @@ member names are refused. Verification raises one error class per failure
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from domain.model.blocks import BlockCommitment
@@ -202,15 +204,41 @@ def check_claims(claims: dict[str, Any]) -> tuple[BlockCommitment, VerifyKey, Kx
     try:
         if len(b64url_decode(cnf["jkt"])) != 32:
             raise DeliveryTokenInvalid("cnf.jkt must be a SHA-256 thumbprint", param="cnf")
-        if not isinstance(keys, dict) or set(keys) != {"ed25519", "x25519"}:
+        if not isinstance(keys, dict) or set(keys) != {"ed25519", "x25519"} or not all(
+                isinstance(k, str) for k in keys.values()):
             raise DeliveryTokenInvalid("claim seller_keys must be {ed25519, x25519}", param="seller_keys")
         blocks = BlockCommitment.from_json(claims["blocks"])
         blocks.check_size(size)
-        return blocks, VerifyKey.from_multibase(keys["ed25519"]), KxPublicKey.from_multibase(keys["x25519"])
+        return (blocks, *_seller_keys(keys["ed25519"], keys["x25519"]))
     except DeliveryTokenInvalid:
         raise
     except InvalidInput as exc:
         raise DeliveryTokenInvalid(f"delivery token claims are malformed: {exc.detail}") from exc
+
+
+def _jcs_checked(obj: dict[str, Any]) -> bytes:
+    """RFC 8785 JCS of the header or of a claim set :func:`check_claims` accepted, the fast way.
+
+    Such an object holds only integers of at most 2**50 (each one type- and range-checked, so no
+    float, bool or unsafe integer), objects with ASCII member names, and strings matched against
+    ASCII patterns. When the standard encoder (sorted members, compact) escapes nothing, every
+    string went out verbatim, as JCS writes it, integers are written alike, and the member
+    order is JCS's (ASCII sorts the same in UTF-16): the bytes are the JCS bytes, six times
+    faster (the hub signs one token per purchase). A string it had to escape falls back to the
+    general implementation. ``tests/purchases/test_token_issuance.py`` compares the two.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    if "\\" in text:
+        return canonical_json(obj, allow_floats=False)
+    return text.encode("ascii")
+
+
+@lru_cache(maxsize=1024)
+def _seller_keys(ed25519: Any, x25519: Any) -> tuple[VerifyKey, KxPublicKey]:
+    """A device's two keys parsed (cached: a seller's keys appear in every token the hub
+    issues for it and every token its node checks, and parsing base58 and checking the point
+    is most of a claim check; the function is pure, so the cache changes no answer)."""
+    return VerifyKey.from_multibase(ed25519), KxPublicKey.from_multibase(x25519)
 
 
 def issue_delivery_token(claims: dict[str, Any], signing_key: SigningKey, kid: str) -> str:
@@ -224,8 +252,8 @@ def issue_delivery_token(claims: dict[str, Any], signing_key: SigningKey, kid: s
     check_claims(claims)
     if not isinstance(kid, str) or not _TEXT.match(kid):
         raise InvalidInput("kid must be printable ASCII")
-    header = b64url(canonical_json({"alg": ALG, "typ": TYP, "kid": kid}))
-    payload = b64url(canonical_json(claims, allow_floats=False))
+    header = b64url(_jcs_checked({"alg": ALG, "typ": TYP, "kid": kid}))
+    payload = b64url(_jcs_checked(claims))
     if len(payload) > MAX_PAYLOAD_BYTES * 4 // 3 + 4:
         raise InvalidInput("delivery token claims too large")
     signing_input = f"{header}.{payload}".encode("ascii")
