@@ -19,7 +19,7 @@ from tests.traces.helpers import SIGNAL, SimNode, enrolled_node, events
 @pytest.fixture
 def world(runtime):
     client = testing.TestClient(create_app(runtime=runtime))
-    seller, device = enrolled_node(client)
+    seller, _device = enrolled_node(client)
     buyer, _ = enrolled_node(client)
     sale = Sale(device_key=seller.key, device_id=seller.device_id)
     runtime.market.save(sale.purchase())
