@@ -54,13 +54,14 @@ from domain.model.errors import (
 from domain.model.ids import parse_uuid
 from domain.model.keys import SigningKey
 from domain.model.listing import Listing
-from domain.model.purchase import Purchase, purchase_id_for
+from domain.model.purchase import Purchase
 
 if TYPE_CHECKING:
     from domain.app.marketplace import Marketplace
     from domain.model.channel import Channel
 
 CACHE_MAX = 10_000
+RECENT_MAX = 4096  # purchases kept for retries (each holds its token: ~2 KB)
 _JKT = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _ENDPOINT_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,253}:[0-9]{1,5}$")
 
@@ -230,7 +231,7 @@ class PurchaseService(Service):
     # -- after the batch --------------------------------------------------------------------------
     def committed(self, purchases: Sequence[Purchase]) -> None:
         """Remember purchases this process just committed (their retries replay from memory)."""
-        if len(self._recent) + len(purchases) > CACHE_MAX:
+        if len(self._recent) + len(purchases) > RECENT_MAX:
             self._recent.clear()
         for purchase in purchases:
             self._recent[purchase.id] = purchase
