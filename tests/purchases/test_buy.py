@@ -170,3 +170,18 @@ def test_listing_detail_shows_its_delivery_commitment_and_version(shop) -> None:
     detail = shop.client.simulate_get(f"/v1/listings/{listing_id}").json
     assert detail["delivery"] == delivery_of() and detail["version"] == 1
     assert shop.client.simulate_get(f"/v1/listings/{bare}").json["delivery"] is None
+
+
+def test_a_cold_retry_of_a_free_purchase_is_caught_by_the_save_and_replayed(shop) -> None:
+    # No debit to replay: the saver finds the purchase exists, and the batch runs again.
+    seller = shop.seller()
+    listing_id = shop.listing(seller, price_minor=0)
+    buyer = shop.buyer(100)
+    key = SigningKey.generate()
+    first = shop.buy(buyer, listing_id, key="k-free", buyer_key=key)
+    shop.market.purchases._recent.clear()  # another process, or this one restarted
+    before = shop.runtime.debit_batcher.conflicts
+    again = shop.buy(buyer, listing_id, key="k-free", buyer_key=key)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json["delivery_token"] == first.json["delivery_token"]
+    assert shop.runtime.debit_batcher.conflicts == before + 1
