@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-import base58
 import orjson
 
 from domain.model.compute import UNITS
@@ -143,20 +142,39 @@ def jcs(value: Any) -> bytes:
     return canonical_json(value)
 
 
-_B58 = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {char: index for index, char in enumerate(_B58)}
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_PAIRS = [_B58[i // 58] + _B58[i % 58] for i in range(58 * 58)]  # two base58 digits at a time
+_PAIR_INDEX = {pair: index for index, pair in enumerate(_PAIRS)}
+_DIGIT_INDEX = {char: index for index, char in enumerate(_B58)}
+_CHUNK = 58**10  # ten digits: the big-integer division runs 9 times for 64 bytes, not 88
+
+
+def signature_to_base58(raw: bytes) -> str:
+    """base58btc of ``raw`` (Bitcoin alphabet, one ``1`` per leading zero byte): ``base58.b58encode``."""
+    value, pairs = int.from_bytes(raw, "big"), []
+    while value:
+        value, chunk = divmod(value, _CHUNK)
+        for _ in range(5):
+            chunk, pair = divmod(chunk, 58 * 58)
+            pairs.append(_PAIRS[pair])
+    digits = "".join(reversed(pairs)).lstrip("1")
+    return "1" * (len(raw) - len(raw.lstrip(b"\0"))) + digits
 
 
 def signature_from_base58(text: str) -> bytes:
     """The 64-byte signature a ``z``-less base58btc ``proofValue`` spells, canonical form only
     (one leading ``1`` per leading zero byte, nothing longer): ValueError otherwise."""
-    value = 0
-    for char in text.encode("ascii"):
-        value = value * 58 + _B58_INDEX[char]  # KeyError for a non-alphabet character
+    if len(text) > 88:
+        raise ValueError("longer than the base58 of 64 bytes")
+    value, start = 0, len(text) % 2
+    if start:
+        value = _DIGIT_INDEX[text[0]]  # KeyError for a non-alphabet character
+    for at in range(start, len(text), 2):
+        value = value * 3364 + _PAIR_INDEX[text[at : at + 2]]
     if value >= 1 << 512:
         raise ValueError("more than 64 bytes")
     raw = value.to_bytes(64, "big")
-    if len(text) - len(text.lstrip("1")) != len(raw) - len(raw.lstrip(b"\0")) or len(text) > 88:
+    if len(text) - len(text.lstrip("1")) != len(raw) - len(raw.lstrip(b"\0")):
         raise ValueError("not the canonical base58 of 64 bytes")
     return raw
 
@@ -187,7 +205,7 @@ def _sign(vc_type: str, subject: dict[str, Any], key: SigningKey, now_ms: int, n
               "verificationMethod": vm, "proofPurpose": "assertionMethod", "nonce": nonce, "@context": CONTEXT}
     # The subject passed its field checks, the rest is fixed ASCII: orjson's sorted output is JCS.
     signature = key.sign(hashlib.sha256(_dumps(config)).digest() + hashlib.sha256(_dumps(unsigned)).digest())
-    return {**unsigned, "proof": {**config, "proofValue": "z" + base58.b58encode(signature).decode("ascii")}}
+    return {**unsigned, "proof": {**config, "proofValue": "z" + signature_to_base58(signature)}}
 
 
 def _verify(vc: Any, vc_type: str, key: VerifyKey, fields: dict[str, Check]) -> dict[str, Any]:

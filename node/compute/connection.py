@@ -11,6 +11,7 @@ cancel or the buyer going away ends it unbilled, with a receipt that says so.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from domain.model.errors import (
     Unavailable,
 )
 from domain.model.invoke_handshake import InvokeConnection
-from domain.model.invoke_receipts import decode, encode, issue_rejection
+from domain.model.invoke_receipts import decode, issue_rejection
 from domain.model.jcs import canonical_json, loads_strict, sha256_sri
 from domain.model.keys import b64url
 from node.compute.session import Session, nonce
@@ -135,7 +136,13 @@ class Connection:
             except MarketError as exc:
                 self._refuse(call, exc)
                 return
-        refusal, _ = server.safety.check(self.listing_id, self.asset.manifest, self.jkt, data, size, now)
+        if session is None:  # bare (the benchmark's baseline): only the size limit
+            if len(data) != size:
+                self._refuse(call, InvokeLimitReached("the input is over the asset's size limit"))
+                return
+            refusal = None
+        else:
+            refusal = server.safety.check(self.listing_id, self.asset.manifest, self.jkt, data, size, now)[0]
         if refusal is not None:
             self._reject(call, data if len(data) == size else None, refusal.rule, refusal.code, refusal.detail, now)
             return
@@ -180,6 +187,12 @@ class Connection:
                 self._bare_answer(call, outcome)
             else:
                 await self._metered_answer(call, data, outcome, started_ms)
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the buyer waiting: refuse, bill nothing
+            print(f'{{"compute": "call_error", "error": {type(exc).__name__!r}}}', file=sys.stderr)
+            if self.session is not None:
+                self.session.broken = True  # its counters may be ahead of the store: reload them
+            self._refuse(call, Unavailable("the node failed to answer this call; it is not billed"))
+            self.finished.set()
         finally:
             self.tickets.pop(call, None)
 
@@ -212,7 +225,7 @@ class Connection:
         assert session is not None
         outcome, units = self._units(outcome, len(data))
         ended_ms = max(wall_ms(), started_ms)
-        receipt, op = session.call_receipt(
+        _, wire, op = session.call_receipt(
             connection=self.connection_id, call=call, outcome=outcome.kind, units=units, error=outcome.error,
             input_hash=sha256_sri(data), output_hash=sha256_sri(outcome.output) if outcome.kind == "ok" else None,
             input_bytes=len(data), output_bytes=len(outcome.output), started_ms=started_ms, ended_ms=ended_ms,
@@ -226,7 +239,7 @@ class Connection:
             return
         if outcome.kind == "ok":
             self.sender.chunks(cm.OUTPUT, call, outcome.output)
-        self.sender.message(cm.RECEIPT, call, encode(receipt))
+        self.sender.message(cm.RECEIPT, call, wire)
         self.server.after_call(session)
 
     # -- countersignatures and the end ----------------------------------------------------------

@@ -80,6 +80,7 @@ class ComputeServer:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rejections: dict[tuple[str, str], int] = {}
+        self._binding: set[str] = set()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         await self.recover()
@@ -269,15 +270,11 @@ class ComputeServer:
             del self.sessions[claims.jti]
             session = None
         if session is None:
+            if claims.jti in self._binding:
+                raise InvokeSessionActive("this session is being opened by another connection; retry")
             row = self.store.load(claims.jti)
             if row is None:
-                claims.check_start(self.clock_ms() // 1000, self.config.skew_s)
-                now = self.clock_ms()
-                deadline = min((claims.exp + self.config.skew_s) * 1000, now + int(self.config.max_session_s * 1000))
-                row = SessionRow(claims.jti, claims.sub, claims.listing_id, jkt, claims.token, now, deadline)
-                await self.store.commit(op_bind(row), op_outbox("invoke_bound", {
-                    "jti": claims.jti, "invocation_id": claims.sub, "listing_id": claims.listing_id,
-                    "device_id": claims.aud, "jkt": jkt, "bound_at_ms": now}, now))
+                row = await self._bind(claims, jkt)
             elif row.jkt != jkt:
                 raise InvokeTokenBound("this invoke token is bound to another buyer key")
             if row.state != "open":
@@ -294,6 +291,21 @@ class ComputeServer:
         if session.connection is not None:
             raise InvokeSessionActive("a connection for this session is open; retry when it ends")
         return session
+
+    async def _bind(self, claims: InvokeClaims, jkt: str) -> SessionRow:
+        """Bind the token to the buyer key, durably, before anything is served."""
+        claims.check_start(self.clock_ms() // 1000, self.config.skew_s)
+        now = self.clock_ms()
+        deadline = min((claims.exp + self.config.skew_s) * 1000, now + int(self.config.max_session_s * 1000))
+        row = SessionRow(claims.jti, claims.sub, claims.listing_id, jkt, claims.token, now, deadline)
+        self._binding.add(claims.jti)
+        try:
+            await self.store.commit(op_bind(row), op_outbox("invoke_bound", {
+                "jti": claims.jti, "invocation_id": claims.sub, "listing_id": claims.listing_id,
+                "device_id": claims.aud, "jkt": jkt, "bound_at_ms": now}, now))
+        finally:
+            self._binding.discard(claims.jti)
+        return row
 
     async def close(self) -> None:
         for timer in self._timers.values():

@@ -18,7 +18,8 @@ from domain.model.errors import (
     InvokeSessionClosed,
 )
 from domain.model.invoke import InvokeClaims, admit_call
-from domain.model.invoke_receipts import digest, issue_receipt, verify_countersignature
+from domain.model.invoke_receipts import digest, encode, issue_receipt, verify_countersignature
+from domain.model.jcs import sha256_sri
 from domain.model.keys import SigningKey, VerifyKey
 from node.compute.registry import ComputeAsset
 from node.compute.store import SessionRow, op_countersigned, op_receipt
@@ -43,6 +44,7 @@ class Session:
         self.finalizing: str | None = None  # the reason, while the final receipt is being made
         self.broken = False  # a commit failed: memory may be ahead of disk, reload before use
         self._digests: dict[int, str] = {}
+        self._nonce_prefix = secrets.token_urlsafe(12) + "-"
 
     @property
     def open(self) -> bool:
@@ -117,9 +119,10 @@ class Session:
 
     def call_receipt(self, *, connection: str, call: int, outcome: str, units: int, error: str | None,
                      input_hash: str | None, output_hash: str | None, input_bytes: int, output_bytes: int,
-                     started_ms: int, ended_ms: int, now_ms: int) -> tuple[dict[str, Any], Any]:
-        """End call ``call``: its receipt (signed) and the store operation that makes it durable.
-        ``units`` is what the call is billed (0 unless ``outcome`` is ``ok``)."""
+                     started_ms: int, ended_ms: int, now_ms: int) -> tuple[dict[str, Any], bytes, Any]:
+        """End call ``call``: its receipt (signed), the receipt's JCS bytes (what goes on the wire)
+        and the store operation that makes it durable. ``units`` is what the call is billed (0
+        unless ``outcome`` is ``ok``)."""
         self.in_flight.pop(call, None)
         self.row.calls += 1
         self.row.bytes_out += output_bytes if outcome == "ok" else 0
@@ -127,25 +130,32 @@ class Session:
                                 input_hash=input_hash, output_hash=output_hash if outcome == "ok" else None,
                                 input_bytes=input_bytes, output_bytes=output_bytes if outcome == "ok" else 0,
                                 started_ms=started_ms, ended_ms=ended_ms, final=False, end_reason=None)
-        receipt = issue_receipt(subject, self.signer, now_ms=now_ms, nonce=nonce())
-        self._remember(receipt)
-        return receipt, op_receipt(self.claims.jti, receipt, self._counters())
+        receipt = issue_receipt(subject, self.signer, now_ms=now_ms, nonce=self._nonce())
+        wire = self._remember(receipt)
+        return receipt, wire, op_receipt(self.claims.jti, receipt, self._counters(), text=wire.decode("utf-8"))
 
     def final_receipt(self, *, connection: str, reason: str, now_ms: int) -> tuple[dict[str, Any], Any]:
         """The session's last receipt (``outcome: final``) and its store operation."""
         subject = self._subject(connection, 0, "final", 0, error=None, input_hash=None, output_hash=None,
                                 input_bytes=0, output_bytes=0, started_ms=now_ms, ended_ms=now_ms, final=True,
                                 end_reason=reason)
-        receipt = issue_receipt(subject, self.signer, now_ms=now_ms, nonce=nonce())
+        receipt = issue_receipt(subject, self.signer, now_ms=now_ms, nonce=self._nonce())
         self.row.state, self.row.end_reason, self.row.final_receipt = "final", reason, receipt
         self.row.last_receipt = receipt
         return receipt, op_receipt(self.claims.jti, receipt, self._counters(), final_reason=reason)
 
-    def _remember(self, receipt: dict[str, Any]) -> None:
+    def _nonce(self) -> str:
+        """A receipt nonce: this process's random prefix for the session and the ``seq`` (unique
+        without a system call per receipt)."""
+        return f"{self._nonce_prefix}{self.row.seq:x}"
+
+    def _remember(self, receipt: dict[str, Any]) -> bytes:
         seq = receipt["credentialSubject"]["seq"]
-        self._digests[seq] = digest(receipt)
+        wire = encode(receipt)
+        self._digests[seq] = sha256_sri(wire)
         self._digests.pop(seq - RECENT_RECEIPTS, None)
         self.row.last_receipt = receipt
+        return wire
 
     # -- countersignatures ---------------------------------------------------------------------
     def countersign(self, vc: Any, buyer_key: VerifyKey, stored: Any) -> Any | None:

@@ -21,7 +21,6 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,47 +89,54 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode("utf-8")
 
 
-# -- the operations a transaction may hold --------------------------------------------------
-Op = Callable[[sqlite3.Connection], None]
+# -- the operations a transaction may hold (data: the writer applies a batch with executemany) --
+Op = tuple[Any, ...]
 
 
 def op_bind(row: SessionRow) -> Op:
-    def apply(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO sessions (jti, invocation_id, listing_id, jkt, token, bound_ms, deadline_ms)"
-                   " VALUES (?,?,?,?,?,?,?)", (row.jti, row.invocation_id, row.listing_id, row.jkt, row.token,
-                                               row.bound_ms, row.deadline_ms))
-    return apply
+    return ("bind", (row.jti, row.invocation_id, row.listing_id, row.jkt, row.token, row.bound_ms, row.deadline_ms))
 
 
-def op_receipt(jti: str, receipt: dict[str, Any], counters: dict[str, int], *, final_reason: str | None = None) -> Op:
-    """Record a signed receipt and the counters after it (and the end of the session if final)."""
-    text, values = _json(receipt), [counters[name] for name in _COUNTERS]
-
-    def apply(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO receipts (jti, seq, receipt) VALUES (?,?,?)", (jti, counters["seq"], text))
-        db.execute("UPDATE sessions SET seq = ?, cumulative_units = ?, cumulative_minor = ?, bytes_in = ?,"
-                   " bytes_out = ?, calls = ?, last_receipt = ? WHERE jti = ?", (*values, text, jti))
-        if final_reason is not None:
-            db.execute("UPDATE sessions SET state = 'final', end_reason = ?, final_receipt = ? WHERE jti = ?",
-                       (final_reason, text, jti))
-    return apply
+def op_receipt(jti: str, receipt: dict[str, Any], counters: dict[str, int], *, final_reason: str | None = None,
+               text: str | None = None) -> Op:
+    """Record a signed receipt (``text``: its JSON, when the caller has it already) and the
+    counters after it (and the end of the session if ``final_reason``)."""
+    return ("receipt", jti, counters["seq"], text if text is not None else _json(receipt),
+            tuple(counters[name] for name in _COUNTERS), final_reason)
 
 
 def op_countersigned(jti: str, seq: int, amount_minor: int, countersignature: dict[str, Any]) -> Op:
-    text = _json(countersignature)
-
-    def apply(db: sqlite3.Connection) -> None:
-        db.execute("UPDATE sessions SET countersigned_seq = ?, countersigned_minor = ?, countersignature = ?"
-                   " WHERE jti = ? AND countersigned_seq < ?", (seq, amount_minor, text, jti, seq))
-    return apply
+    return ("countersigned", (seq, amount_minor, _json(countersignature), jti, seq))
 
 
 def op_outbox(kind: str, body: dict[str, Any], now_ms: int) -> Op:
-    text = _json(body)
+    return ("outbox", (kind, _json(body), now_ms))
 
-    def apply(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO pending_outbox (kind, body, created_ms) VALUES (?,?,?)", (kind, text, now_ms))
-    return apply
+
+def apply(db: sqlite3.Connection, ops: list[Op]) -> None:
+    """Apply ``ops`` (in one open transaction): a few statements for the whole batch."""
+    binds = [op[1] for op in ops if op[0] == "bind"]
+    receipts = [op for op in ops if op[0] == "receipt"]
+    if binds:
+        db.executemany("INSERT INTO sessions (jti, invocation_id, listing_id, jkt, token, bound_ms, deadline_ms)"
+                       " VALUES (?,?,?,?,?,?,?)", binds)
+    if receipts:
+        db.executemany("INSERT INTO receipts (jti, seq, receipt) VALUES (?,?,?)", [r[1:4] for r in receipts])
+        latest = {r[1]: r for r in receipts}  # the counters after a session's last receipt of the batch
+        db.executemany("UPDATE sessions SET seq = ?, cumulative_units = ?, cumulative_minor = ?, bytes_in = ?,"
+                       " bytes_out = ?, calls = ?, last_receipt = ? WHERE jti = ?",
+                       [(*r[4], r[3], r[1]) for r in latest.values()])
+        finals = [(r[5], r[3], r[1]) for r in receipts if r[5] is not None]
+        if finals:
+            db.executemany("UPDATE sessions SET state = 'final', end_reason = ?, final_receipt = ? WHERE jti = ?",
+                           finals)
+    countersigned = [op[1] for op in ops if op[0] == "countersigned"]
+    if countersigned:
+        db.executemany("UPDATE sessions SET countersigned_seq = ?, countersigned_minor = ?, countersignature = ?"
+                       " WHERE jti = ? AND countersigned_seq < ?", countersigned)
+    entries = [op[1] for op in ops if op[0] == "outbox"]
+    if entries:
+        db.executemany("INSERT INTO pending_outbox (kind, body, created_ms) VALUES (?,?,?)", entries)
 
 
 class SessionStore:
@@ -146,7 +152,7 @@ class SessionStore:
         self.outbox = Outbox(outbox_path)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending: list[tuple[tuple[Op, ...], asyncio.Future[None]]] = []
-        self._handover_scheduled = False
+        self._writing = False
         self._thread: threading.Thread | None = None
         self.commits = 0  # transactions (fsyncs) so far, for the bench
 
@@ -182,20 +188,23 @@ class SessionStore:
     def commit(self, *ops: Op) -> asyncio.Future[None]:
         """Queue ``ops`` as one unit of the next transaction; the future resolves once it is durable.
 
-        Units queued in one turn of the event loop go to the writer together (one hand-over, so
-        the writer thread wakes, and takes the interpreter lock, once per group, not per call)."""
+        At most one transaction is in the writer's hands at a time; what is queued meanwhile goes
+        in the next one, whole (group commit: the writer thread wakes, and takes the interpreter
+        lock, once per transaction, not once per call)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((ops, future))
-        if not self._handover_scheduled:
-            self._handover_scheduled = True
+        if not self._writing:
+            self._writing = True
             loop.call_soon(self._hand_over)
         return future
 
     def _hand_over(self) -> None:
-        batch, self._pending, self._handover_scheduled = self._pending, [], False
+        batch, self._pending = self._pending, []
         if batch:
             self._queue.put(batch)
+        else:
+            self._writing = False
 
     def commit_now(self, *ops: Op) -> None:
         """Apply ``ops`` in one transaction on this thread (start-up and tests, never with the
@@ -203,8 +212,7 @@ class SessionStore:
         db = self._read
         db.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                op(db)
+            apply(db, list(ops))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -214,25 +222,13 @@ class SessionStore:
     def _writer(self) -> None:
         db = self._connect()
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            batch = self._queue.get()
+            if batch is _STOP:
                 break
-            batch = list(item)
-            while len(batch) < 4096:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                batch.extend(nxt)
             error: BaseException | None = None
             try:
                 db.execute("BEGIN IMMEDIATE")
-                for ops, _ in batch:
-                    for op in ops:
-                        op(db)
+                apply(db, [op for ops, _ in batch for op in ops])
                 db.execute("COMMIT")
                 self.commits += 1
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
@@ -241,13 +237,12 @@ class SessionStore:
                     db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            self._resolve(batch, error)
             if error is None:
                 self._flush_outbox(db)
+            self._resolve(batch, error)
         db.close()
 
-    @staticmethod
-    def _resolve(batch: list[tuple[Any, asyncio.Future[None]]], error: BaseException | None) -> None:
+    def _resolve(self, batch: list[tuple[Any, asyncio.Future[None]]], error: BaseException | None) -> None:
         loop = batch[0][1].get_loop()
 
         def done() -> None:
@@ -257,6 +252,7 @@ class SessionStore:
                         future.set_result(None)
                     else:
                         future.set_exception(error)
+            self._hand_over()  # the next transaction: whatever was queued meanwhile
         try:
             loop.call_soon_threadsafe(done)
         except RuntimeError:  # the loop is closed: nobody waits any more

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from domain.model.invoke_receipts import issue_receipt
+from domain.model.invoke_receipts import encode, issue_receipt
 from node.cli import main
 from node.compute import session as sessions
 
@@ -19,7 +19,7 @@ _first: list[dict] = []
 
 
 def call_receipt(self, **fields):
-    receipt, op = _original(self, **fields)
+    receipt, _, op = _original(self, **fields)
     if MODE == "tamper" and receipt["credentialSubject"]["seq"] >= 2:
         receipt = copy.deepcopy(receipt)
         receipt["credentialSubject"]["input_bytes"] += 1  # changed after it was signed
@@ -34,7 +34,7 @@ def call_receipt(self, **fields):
             _first.append(receipt)
         else:
             receipt = _first[0]  # the first receipt again
-    return receipt, op
+    return receipt, encode(receipt), op
 
 
 sessions.Session.call_receipt = call_receipt

@@ -122,7 +122,7 @@ def test_failed_timed_out_and_cancelled_calls_are_not_billed(world: World, node:
     with _open(world, node, world.token(listing=SLOW, price=5)) as session:
         timed = tmp_path / "timed.pid"
         with pytest.raises(InvokeCallTimeout) as timeout:
-            session.invoke({"s": 30, "pid_file": str(timed)})  # the asset's limit is 2 s
+            session.invoke({"s": 30, "pid_file": str(timed)})  # the asset's limit is 4 s
         wait_until(lambda: _gone(timed), 10, what="the timed-out call's process gone")
         cancelled = tmp_path / "cancelled.pid"
         call = session.submit({"s": 30, "pid_file": str(cancelled)})

@@ -38,7 +38,7 @@ EMBED = "00000000-0000-5000-8000-00000000e3bd"
 BARE = "00000000-0000-5000-8000-00000000ba4e"
 
 TEST_PIPELINES = {
-    SLOW: ("tests.compute.pipelines:sleep", "calls", {}, {"timeout_ms": 2000}),
+    SLOW: ("tests.compute.pipelines:sleep", "calls", {}, {"timeout_ms": 4000}),
     FAIL: ("tests.compute.pipelines:fail", "calls", {}, {}),
     BIG: ("tests.compute.pipelines:big", "bytes", {"of": "output", "max_units_per_call": 8 * 2**20},
           {"max_output_bytes": 8 * 2**20}),
