@@ -152,9 +152,11 @@ class RecordingProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in list(self._tasks):
+            tasks = [task for task in self._tasks if not task.done()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.sleep(0)
+            if tasks:  # let each connection close its sockets before the loop stops
+                await asyncio.wait(tasks, timeout=5)
 
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)

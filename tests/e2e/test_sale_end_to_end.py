@@ -375,6 +375,8 @@ def check_the_checks(seen: dict[str, Any], marker: Marker, canary: Marker, sold:
         assert needle in seen["requests"], needle
     assert got["token"].encode() in seen["responses"] and purchase_id.encode() in seen["responses"]
     assert purchase_id.encode() in seen["database"] and b"DeliveryReceipt" in seen["database"], seen["row_counts"]
+    counts = seen["row_counts"]  # the event log and the read models (search, purchases, ledger, audit tree)
+    assert counts["aimarket_events"] >= 20 and counts["purchases"] == counts["search_listings"] == 1, counts
     assert b"debit-members" in seen["redis_commands"] and b"debit-members" in seen["redis_live"]
     assert purchase_id.encode() in seen["log"] and len(seen["to_stripe"]) > 0
     # Every request the hub logged came through the proxy: no client reached the hub around it.
