@@ -180,7 +180,7 @@ def transfer_run(world: BenchWorld, cipher: str, out_dir: Path) -> dict[str, Any
         result = run_fetch(world, node, cipher, out_dir / "object.out")
     finally:
         node.stop()
-    (out_dir / "object.out").unlink(missing_ok=True)
+        _cleanup(out_dir / "object.out")
     return result
 
 
