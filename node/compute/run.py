@@ -29,8 +29,10 @@ async def serve(config: ComputeConfig, assets: dict[str, ComputeAsset], home: Pa
     """Serve until SIGINT/SIGTERM; ``ready(host, port, server)`` once listening."""
     db, outbox = paths(home)
     store = SessionStore(db, outbox)
+    # The seller's code runs without the keystore passphrase in its environment.
+    worker_env = {name: value for name, value in os.environ.items() if name != "AIM_NODE_PASSPHRASE"}
     pool = WorkerPool({listing: asset.worker_spec() for listing, asset in assets.items()}, size=workers,
-                      max_queue=max_queue, env=dict(os.environ))
+                      max_queue=max_queue, env=worker_env)
     safety = SafetyCheck({listing: asset.manifest for listing, asset in assets.items()}, **(safety_options or {}))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -40,3 +40,7 @@ def no_secrets(request: Any) -> str | None:
 
 def exploding_plugin(request: Any) -> None:
     raise RuntimeError("the plugin broke")
+
+
+def environment(value: Any) -> dict[str, Any]:
+    return {"passphrase_visible": "AIM_NODE_PASSPHRASE" in os.environ}

@@ -19,6 +19,7 @@ from domain.model.errors import (
     InvokeConcurrencyExceeded,
     InvokeIdleTimeout,
     InvokeInputRejected,
+    InvokeLimitReached,
     InvokeNotServed,
     InvokeOutputInvalid,
     InvokeRateLimited,
@@ -38,7 +39,7 @@ from domain.model.invoke_receipts import verify_countersignature, verify_receipt
 from domain.model.keys import SigningKey
 from node.compute.client import open_session
 from tests.compute.plugin import install
-from tests.compute.world import BIG, CSV, FAIL, REPO, ROWS, SLOW, WRONG, Node, World, env
+from tests.compute.world import BIG, CSV, ENV, FAIL, REPO, ROWS, SLOW, WRONG, Node, World, env
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -173,6 +174,12 @@ def test_budget_exhaustion_answers_402_with_the_amount_needed(world: World, node
         "budget", 21, 21)  # the buyer countersigned the last receipt before its fourth call
 
 
+def test_the_seller_code_never_sees_the_keystore_passphrase(world: World, node: Node) -> None:
+    with _open(world, node, world.token(listing=ENV)) as session:
+        assert session.invoke({}).output == {"passphrase_visible": False}
+        session.close()
+
+
 def test_large_outputs_stream_in_frames_and_units_are_counted(world: World, node: Node) -> None:
     with _open(world, node, world.token(listing=BIG, unit="bytes", price=1, budget=10**8,
                                         max_call_units=8 * 2**20)) as session:
@@ -277,3 +284,24 @@ def test_limits_idle_deadline_rate_and_a_plugin_in_a_real_node(tmp_path: Path) -
         assert (final["end_reason"], final["cumulative_units"], final["seq"]) == ("deadline", 1, 2)
     finally:
         strict.stop()
+
+
+def test_a_session_s_byte_limits_end_it(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    tight = Node(world, "--max-bytes-in", "64", "--max-bytes-out", "1000")
+    try:
+        with _open(world, tight, world.token(price=1)) as session:
+            session.invoke({"text": "x" * 20})  # 33 bytes in
+            with pytest.raises(InvokeLimitReached):
+                session.invoke({"text": "y" * 30})  # 43 more would pass 64
+            wait_until(lambda: session.final_receipt is not None, 20, what="the session ending at its limit")
+            final = session.final_receipt["credentialSubject"]
+        assert (final["end_reason"], final["cumulative_units"]) == ("limit", 1)
+        with _open(world, tight, world.token(listing=BIG, unit="bytes", price=1, budget=10**6,
+                                             max_call_units=4096)) as session:
+            with pytest.raises(InvokeLimitReached) as caught:
+                session.invoke({"bytes": 2000})  # 2,011 output bytes: over the session's 1,000
+            assert caught.value.receipt["credentialSubject"]["outcome"] == "failed"  # a receipt, unbilled
+            session.close()
+    finally:
+        tight.stop()

@@ -36,6 +36,7 @@ WRONG = "00000000-0000-5000-8000-00000000bad0"
 CSV = "00000000-0000-5000-8000-000000000c50"
 EMBED = "00000000-0000-5000-8000-00000000e3bd"
 BARE = "00000000-0000-5000-8000-00000000ba4e"
+ENV = "00000000-0000-5000-8000-0000000000e7"
 
 TEST_PIPELINES = {
     SLOW: ("tests.compute.pipelines:sleep", "calls", {}, {"timeout_ms": 4000}),
@@ -44,6 +45,7 @@ TEST_PIPELINES = {
           {"max_output_bytes": 8 * 2**20}),
     ROWS: ("tests.compute.pipelines:rows", "rows", {"pointer": "/rows", "max_units_per_call": 1000}, {}),
     WRONG: ("tests.compute.pipelines:wrong_output", "calls", {}, {}),
+    ENV: ("tests.compute.pipelines:environment", "calls", {}, {}),
 }
 
 
