@@ -43,6 +43,7 @@ from api.openapi import body_rule, build_spec
 from api.resources.audit_trail import routes as audit_trail_routes
 from api.resources import audit, catalogue, devices, identity, metrics, money, purchases, system
 from api.resources.traces import Traces
+from api.resources.trust import Trust
 from domain.model.errors import InvalidInput
 from domain.model.json_input import check_depth
 
@@ -188,6 +189,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/devices/{device_id}", devices.Device(market)),
         ("/v1/devices/{device_id}/keys", devices.DeviceKeys(market)),
         ("/v1/traces", Traces(market)),
+        ("/v1/trust/{device_id}", Trust(views)),
         ("/v1/audit/events", audit.AuditEvents(views)),
         *audit_trail_routes(market, views),
         ("/v1/listings", catalogue.Listings(market)),

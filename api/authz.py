@@ -94,6 +94,7 @@ ROUTES: dict[tuple[str, str], Need] = {
     ("PUT", "/v1/listings/{listing_id}"): DEVICE_SELLER,
     ("DELETE", "/v1/listings/{listing_id}"): DEVICE_SELLER,
     ("POST", "/v1/traces"): Need(("device",)),  # api/resources/traces.py: any enrolled node
+    ("GET", "/v1/trust/{device_id}"): Need((ANONYMOUS, *ANY)),  # api/resources/trust.py: public, like search
     ("GET", "/v1/search"): PUBLIC,
     ("POST", "/v1/search"): PUBLIC,
     ("GET", "/v1/categories"): PUBLIC,

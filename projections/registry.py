@@ -9,7 +9,8 @@ from projections.base import Projection
 from projections.devices import Devices
 from projections.purchases import Purchases
 from projections.search.projection import SearchProjection
+from projections.trust import TrustProjection
 
 
 def all_projections() -> list[Projection]:
-    return [AuditLog(), Devices(), Balances(), SearchProjection(), Purchases(), AuditTree()]
+    return [AuditLog(), Devices(), Balances(), SearchProjection(), Purchases(), AuditTree(), TrustProjection()]

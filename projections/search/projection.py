@@ -6,8 +6,12 @@
   the vector as a BLOB.
 
 ``seq`` is the log position of the row's last change, so a query process can pick up only
-what changed since it last looked (``projections.search.index``). ``trust_score`` holds the
-documented prior (0.5) until the trust projection lands; a device with no score keeps it.
+what changed since it last looked (``projections.search.index``); it is kept above every
+other row's (``projections.trust.next_search_seq``) because the trust projection writes it too.
+``trust_score`` is the seller device's current trust score: read from ``trust_scores`` when a
+listing is first indexed (the prior 0.5 for a device with no score), then pushed by the trust
+projection whenever the device's score changes; either projection rebuilt alone ends in the
+same rows.
 The embedding is computed here, once per listing change, from the title, tags, description
 and column names, truncated to 128 tokens.
 """
@@ -24,6 +28,7 @@ from domain.model.ports import Tx
 from projections.base import Projection
 from projections.search import vectors
 from projections.search.embedding import Embedder
+from projections.trust import SCORES_DDL, device_score, next_search_seq
 
 TRUST_PRIOR = 0.5
 EMBED_TOKENS_MAX = 128
@@ -66,14 +71,14 @@ UPSERT = (
 
 
 def row_values(listing_id: str, seq: int, owner: dict[str, str], metadata: dict[str, Any], price: tuple[int, str],
-               vector: bytes, at: str) -> tuple[Any, ...]:
+               vector: bytes, at: str, trust: float = TRUST_PRIOR) -> tuple[Any, ...]:
     """The UPSERT parameters for one listing (also used by the benchmark's bulk loader)."""
     pii = metadata.get("pii") or {}
     doc = json.dumps({**metadata, "price_minor": price[0], "currency": price[1]}, sort_keys=True)
     return (listing_id, seq, owner["account_id"], owner["device_id"], metadata["title"],
             metadata.get("description", ""), metadata["kind"], metadata["category"], " ".join(metadata.get("tags", [])),
             metadata["licence"], price[0], price[1], int((metadata.get("quality") or {}).get("score", 0)),
-            not pii.get("kinds_detected"), TRUST_PRIOR,
+            not pii.get("kinds_detected"), trust,
             " ".join(c["name"] for c in metadata.get("columns", [])), doc, vector, at, at)
 
 
@@ -90,6 +95,7 @@ def ddl_for(dialect: str) -> list[str]:
         + (", tsv tsvector)" if dialect == "postgres" else ")"),
         "CREATE INDEX IF NOT EXISTS search_listings_seq ON search_listings (seq)",
         "CREATE INDEX IF NOT EXISTS search_listings_category ON search_listings (status, category)",
+        SCORES_DDL,  # the trust projection's table, read here: created by whichever runs first
     ]
     if dialect == "postgres":
         statements.append("CREATE INDEX IF NOT EXISTS search_listings_tsv ON search_listings USING GIN (tsv)")
@@ -131,14 +137,17 @@ class SearchProjection(Projection):
     def _delisted(self, event: Listing.Delisted, tx: Tx, position: int) -> None:
         listing_id = str(event.originator_id)
         tx.execute("UPDATE search_listings SET status = 'delisted', seq = ?, updated_at = ? WHERE listing_id = ?",
-                   (position, event.timestamp.isoformat(), listing_id))
+                   (next_search_seq(tx, position), event.timestamp.isoformat(), listing_id))
         if tx.dialect == "sqlite":
             tx.execute("DELETE FROM search_fts WHERE listing_id = ?", (listing_id,))
 
     def _index(self, tx: Tx, listing_id: str, position: int, owner: dict[str, str], metadata: dict[str, Any],
                price: tuple[int, str], at: str) -> None:
         vector = vectors.to_bytes(shared_embedder().embed_one(listing_text(metadata)))
-        tx.execute(UPSERT, row_values(listing_id, position, owner, metadata, price, vector, at))
+        device_id = owner["device_id"]
+        trust = device_score(tx, device_id) if device_id else None
+        tx.execute(UPSERT, row_values(listing_id, next_search_seq(tx, position), owner, metadata, price, vector, at,
+                                      TRUST_PRIOR if trust is None else trust))
         if tx.dialect == "postgres":
             tx.execute(PG_TSV + " WHERE listing_id = ?", (listing_id,))
         else:

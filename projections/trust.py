@@ -1,0 +1,297 @@
+"""Trust scores as a read model: the facts each score is taken from, and the scores.
+
+The projection's clock is the latest event time it has processed (``trust_clock``), never
+the wall clock: a rebuild from position 0 yields the same rows. On each event the affected
+device and its account are scored again at that clock; when the clock enters a new hour,
+every subject is (so a fact leaves the 30-day window even when its seller is silent).
+A heartbeat in an hour already covered changes nothing and scores nothing.
+
+Scores are pushed into the search read model (``search_listings.trust_score`` of the
+device's listings, with a fresh ``seq`` so query processes pick the change up); the search
+projection reads ``trust_scores`` when it indexes a new listing. Either rebuilt alone ends
+in the same state. The formula is ``domain.model.trust`` (``docs/trust.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import singledispatchmethod
+from typing import Any
+
+from domain.model.channel import Channel
+from domain.model.device import Device
+from domain.model.payout import PayoutDestination
+from domain.model.ports import Tx, ViewDB
+from domain.model.purchase import Purchase
+from domain.model.traces import Signal, Trace
+from domain.model.trust import UPTIME_BUCKET_MS, WINDOW_MS, Fact, Facts, PurchaseFact, score
+from projections.base import Projection
+
+SWEEP_INTERVAL_MS = UPTIME_BUCKET_MS
+SEARCH_SEQ_LOCK_KEY = 7_346_112_013  # serialises search_listings.seq between search and trust
+SCORES_DDL = ("CREATE TABLE IF NOT EXISTS trust_scores (subject TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+              " subject_id TEXT NOT NULL, account_id TEXT NOT NULL, score REAL NOT NULL, as_of_ms BIGINT NOT NULL,"
+              " breakdown TEXT NOT NULL, position BIGINT NOT NULL)")
+
+
+def ms_of(event: Any) -> int:
+    return int(event.timestamp.timestamp() * 1000)
+
+
+def ref_of(event: Any, position: int) -> str:
+    """How a score names an event: log position, type, aggregate id and version."""
+    return f"{position}:{type(event).__qualname__}:{event.originator_id}:{event.originator_version}"
+
+
+def next_search_seq(tx: Tx, position: int) -> int:
+    """A ``seq`` above every row's, so the search index sees the change (under a lock on
+    PostgreSQL, taken by both writers of the column, so commits land in ``seq`` order)."""
+    if tx.dialect == "postgres":
+        tx.execute("SELECT pg_advisory_xact_lock(?)", (SEARCH_SEQ_LOCK_KEY,))
+    head = tx.fetchone("SELECT MAX(seq) AS head FROM search_listings")
+    return max(position, int((head or {}).get("head") or 0) + 1)
+
+
+def device_score(tx: Tx | ViewDB, device_id: str) -> float | None:
+    row = tx.fetchone("SELECT score FROM trust_scores WHERE subject = ?", (f"device:{device_id}",))
+    return None if row is None else float(row["score"])
+
+
+class TrustProjection(Projection):
+    name = "trust"
+    version = 1
+    event_types = (Device.Enrolled, Device.KeyRotated, Trace.TraceRecorded, Signal.BehaviourSignal,
+                   Purchase.Purchased, Purchase.TokenRedeemed, Purchase.Delivered, Purchase.TokenExpired,
+                   Purchase.TokenRevoked, Channel.Opened, PayoutDestination.Set, PayoutDestination.Changed)
+    tables = ("trust_devices", "trust_facts", "trust_purchases", "trust_identities", "trust_scores", "trust_clock")
+
+    def ddl(self, dialect: str) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS trust_devices (device_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
+            " enrolled_ms BIGINT NOT NULL, key_since_ms BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS trust_devices_account ON trust_devices (account_id)",
+            "CREATE TABLE IF NOT EXISTS trust_facts (fact_id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+            " kind TEXT NOT NULL, at_ms BIGINT NOT NULL, code TEXT NOT NULL, signal_kind TEXT NOT NULL,"
+            " ref TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS trust_facts_device ON trust_facts (device_id, at_ms)",
+            "CREATE TABLE IF NOT EXISTS trust_purchases (purchase_id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+            " account_id TEXT NOT NULL, buyer_account_id TEXT NOT NULL, price_minor BIGINT NOT NULL,"
+            " start_by_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL, redeemed BOOLEAN NOT NULL,"
+            " delivered_at_ms BIGINT, revoked BOOLEAN NOT NULL, expired_reason TEXT NOT NULL, outcome_ms BIGINT,"
+            " refs TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS trust_purchases_device ON trust_purchases (device_id, outcome_ms)",
+            "CREATE TABLE IF NOT EXISTS trust_identities (source_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
+            " identity TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS trust_identities_account ON trust_identities (account_id)",
+            SCORES_DDL,
+            "CREATE INDEX IF NOT EXISTS trust_scores_account ON trust_scores (account_id)",
+            "CREATE TABLE IF NOT EXISTS trust_clock (id INTEGER PRIMARY KEY, now_ms BIGINT NOT NULL,"
+            " swept_ms BIGINT NOT NULL)",
+        ]
+
+    @singledispatchmethod
+    def process(self, event: Any, tx: Tx, position: int) -> None:
+        """Ignore other events."""
+
+    # -- facts --------------------------------------------------------------------------------
+    @process.register
+    def _enrolled(self, event: Device.Enrolled, tx: Tx, position: int) -> None:
+        at_ms = ms_of(event)
+        tx.execute("INSERT INTO trust_devices VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING",
+                   (str(event.originator_id), event.account_id, at_ms, at_ms))
+        self._after(tx, position, at_ms, str(event.originator_id))
+
+    @process.register
+    def _rotated(self, event: Device.KeyRotated, tx: Tx, position: int) -> None:
+        device_id, at_ms = str(event.originator_id), ms_of(event)
+        tx.execute("UPDATE trust_devices SET key_since_ms = ? WHERE device_id = ?", (at_ms, device_id))
+        self._fact(tx, ref_of(event, position), device_id, "rotation", at_ms)
+        self._after(tx, position, at_ms, device_id)
+
+    @process.register
+    def _trace(self, event: Trace.TraceRecorded, tx: Tx, position: int) -> None:
+        at_ms = ms_of(event)
+        if event.kind != "heartbeat":
+            self._tick(tx, position, at_ms)
+            return
+        hour = at_ms // UPTIME_BUCKET_MS
+        # One row an hour: the first heartbeat of the hour is the one a score names.
+        if self._fact(tx, ref_of(event, position), event.device_id, "heartbeat", hour * UPTIME_BUCKET_MS,
+                      fact_id=f"hb:{event.device_id}:{hour}"):
+            self._after(tx, position, at_ms, event.device_id)
+        else:
+            self._tick(tx, position, at_ms)
+
+    @process.register
+    def _signal(self, event: Signal.BehaviourSignal, tx: Tx, position: int) -> None:
+        at_ms = ms_of(event)
+        self._fact(tx, ref_of(event, position), event.device_id, "signal", at_ms, code=event.code,
+                   signal_kind=event.kind)
+        self._after(tx, position, at_ms, event.device_id)
+
+    @process.register
+    def _purchased(self, event: Purchase.Purchased, tx: Tx, position: int) -> None:
+        tx.execute("INSERT INTO trust_purchases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                   " ON CONFLICT (purchase_id) DO NOTHING",
+                   (str(event.originator_id), event.seller_device_id, event.seller_account_id,
+                    event.buyer_account_id, event.price_minor, event.start_by_s * 1000, event.expires_at_s * 1000,
+                    False, None, False, "", None, json.dumps([ref_of(event, position)])))
+        self._tick(tx, position, ms_of(event))
+
+    @process.register
+    def _redeemed(self, event: Purchase.TokenRedeemed, tx: Tx, position: int) -> None:
+        self._purchase(tx, event, position, redeemed=True)
+
+    @process.register
+    def _delivered(self, event: Purchase.Delivered, tx: Tx, position: int) -> None:
+        self._purchase(tx, event, position, delivered_at_ms=event.delivered_at_ms, outcome_ms=ms_of(event))
+
+    @process.register
+    def _expired(self, event: Purchase.TokenExpired, tx: Tx, position: int) -> None:
+        self._purchase(tx, event, position, expired_reason=event.reason, outcome_ms=ms_of(event))
+
+    @process.register
+    def _revoked(self, event: Purchase.TokenRevoked, tx: Tx, position: int) -> None:
+        self._purchase(tx, event, position, revoked=True, outcome_ms=ms_of(event))
+
+    @process.register
+    def _opened(self, event: Channel.Opened, tx: Tx, position: int) -> None:
+        if event.buyer_wallet:
+            self._identity(tx, str(event.originator_id), event.buyer_account_id,
+                           f"wallet:{event.buyer_wallet.lower()}")
+        self._tick(tx, position, ms_of(event))
+
+    @process.register
+    def _payout_set(self, event: PayoutDestination.Set, tx: Tx, position: int) -> None:
+        self._identity(tx, str(event.originator_id), event.account_id, f"payout:{event.stripe_account}")
+        self._tick(tx, position, ms_of(event))
+
+    @process.register
+    def _payout_changed(self, event: PayoutDestination.Changed, tx: Tx, position: int) -> None:
+        # The old destination stays an identity of the account (a new row per change).
+        row = tx.fetchone("SELECT account_id FROM trust_identities WHERE source_id = ?", (str(event.originator_id),))
+        if row is not None:
+            self._identity(tx, f"{event.originator_id}:{event.originator_version}", row["account_id"],
+                           f"payout:{event.stripe_account}")
+        self._tick(tx, position, ms_of(event))
+
+    def _fact(self, tx: Tx, ref: str, device_id: str, kind: str, at_ms: int, *, code: str = "",
+              signal_kind: str = "", fact_id: str | None = None) -> bool:
+        return bool(tx.execute("INSERT INTO trust_facts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fact_id) DO NOTHING",
+                               (fact_id or ref, device_id, kind, at_ms, code, signal_kind, ref)))
+
+    def _identity(self, tx: Tx, source_id: str, account_id: str, identity: str) -> None:
+        tx.execute("INSERT INTO trust_identities VALUES (?, ?, ?) ON CONFLICT (source_id) DO NOTHING",
+                   (source_id, account_id, identity))
+
+    def _purchase(self, tx: Tx, event: Any, position: int, **changes: Any) -> None:
+        purchase_id = str(event.originator_id)
+        row = tx.fetchone("SELECT device_id, refs FROM trust_purchases WHERE purchase_id = ?", (purchase_id,))
+        if row is None:  # impossible in log order
+            return
+        changes["refs"] = json.dumps([*json.loads(row["refs"]), ref_of(event, position)])
+        tx.execute(f"UPDATE trust_purchases SET {', '.join(f'{n} = ?' for n in changes)}"  # noqa: S608
+                   " WHERE purchase_id = ?", (*changes.values(), purchase_id))
+        self._after(tx, position, ms_of(event), row["device_id"])
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _tick(self, tx: Tx, position: int, at_ms: int) -> int:
+        """Advance the clock; score every subject when it enters a new hour. Returns the clock."""
+        clock = tx.fetchone("SELECT now_ms, swept_ms FROM trust_clock WHERE id = 1")
+        if clock is None:
+            tx.execute("INSERT INTO trust_clock VALUES (1, ?, ?)", (at_ms, at_ms))
+            return at_ms
+        now_ms = max(int(clock["now_ms"]), at_ms)
+        swept_ms = int(clock["swept_ms"])
+        if now_ms // SWEEP_INTERVAL_MS > swept_ms // SWEEP_INTERVAL_MS:
+            swept_ms = now_ms
+            for row in tx.fetchall("SELECT device_id FROM trust_devices ORDER BY device_id"):
+                self._score_device(tx, position, now_ms, row["device_id"])
+            for row in tx.fetchall("SELECT DISTINCT account_id FROM trust_devices ORDER BY account_id"):
+                self._score_account(tx, position, now_ms, row["account_id"])
+        tx.execute("UPDATE trust_clock SET now_ms = ?, swept_ms = ? WHERE id = 1", (now_ms, swept_ms))
+        return now_ms
+
+    def _after(self, tx: Tx, position: int, at_ms: int, device_id: str) -> None:
+        now_ms = self._tick(tx, position, at_ms)
+        account = tx.fetchone("SELECT account_id FROM trust_devices WHERE device_id = ?", (device_id,))
+        if account is None:  # a device this hub never enrolled: nothing to score
+            return
+        self._score_device(tx, position, now_ms, device_id)
+        self._score_account(tx, position, now_ms, account["account_id"])
+
+    def _score_device(self, tx: Tx, position: int, now_ms: int, device_id: str) -> None:
+        result = score(load_facts(tx, [device_id], now_ms), now_ms)
+        account = tx.fetchone("SELECT account_id FROM trust_devices WHERE device_id = ?", (device_id,))
+        changed = self._store(tx, position, "device", device_id, account["account_id"], result)
+        if changed and _has_table(tx, "search_listings"):
+            seq = next_search_seq(tx, position)
+            tx.execute("UPDATE search_listings SET trust_score = ?, seq = ? WHERE device_id = ?",
+                       (result["score"], seq, device_id))
+
+    def _score_account(self, tx: Tx, position: int, now_ms: int, account_id: str) -> None:
+        devices = [r["device_id"] for r in tx.fetchall(
+            "SELECT device_id FROM trust_devices WHERE account_id = ? ORDER BY device_id", (account_id,))]
+        self._store(tx, position, "account", account_id, account_id, score(load_facts(tx, devices, now_ms), now_ms))
+
+    def _store(self, tx: Tx, position: int, kind: str, subject_id: str, account_id: str,
+               result: dict[str, Any]) -> bool:
+        """Upsert one score; True when the number changed (the breakdown may change alone)."""
+        subject = f"{kind}:{subject_id}"
+        old = tx.fetchone("SELECT score FROM trust_scores WHERE subject = ?", (subject,))
+        tx.execute("INSERT INTO trust_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subject) DO UPDATE SET"
+                   " score = excluded.score, as_of_ms = excluded.as_of_ms, breakdown = excluded.breakdown,"
+                   " position = excluded.position",
+                   (subject, kind, subject_id, account_id, result["score"], result["as_of_ms"],
+                    json.dumps(result, sort_keys=True), position))
+        return old is None or float(old["score"]) != result["score"]
+
+
+def load_facts(tx: Tx | ViewDB, device_ids: list[str], now_ms: int) -> Facts:
+    """The facts of some devices of one account inside the window ending at ``now_ms``."""
+    start_ms = now_ms - WINDOW_MS
+    enrolled: dict[str, int] = {}
+    key_since: dict[str, int] = {}
+    facts: list[Fact] = []
+    purchases: list[PurchaseFact] = []
+    account_id = ""
+    for device_id in device_ids:
+        d = tx.fetchone("SELECT * FROM trust_devices WHERE device_id = ?", (device_id,))
+        if d is None:
+            continue
+        account_id = d["account_id"]
+        enrolled[device_id], key_since[device_id] = int(d["enrolled_ms"]), int(d["key_since_ms"])
+        facts += [Fact(r["device_id"], r["kind"], int(r["at_ms"]), r["ref"], r["code"], r["signal_kind"])
+                  for r in tx.fetchall("SELECT * FROM trust_facts WHERE device_id = ? AND at_ms >= ? ORDER BY fact_id",
+                                       (device_id, start_ms))]
+        purchases += [PurchaseFact(r["purchase_id"], r["buyer_account_id"], int(r["price_minor"]),
+                                   int(r["start_by_ms"]), int(r["expires_at_ms"]), bool(r["redeemed"]),
+                                   r["delivered_at_ms"], bool(r["revoked"]), r["expired_reason"], r["outcome_ms"],
+                                   tuple(json.loads(r["refs"])))
+                      for r in tx.fetchall("SELECT * FROM trust_purchases WHERE device_id = ? AND outcome_ms >= ?"
+                                           " ORDER BY purchase_id", (device_id, start_ms))]
+    accounts = sorted({account_id, *(p.buyer_account_id for p in purchases)})
+    identities: dict[str, set[str]] = {}
+    for a in accounts:
+        for r in tx.fetchall("SELECT identity FROM trust_identities WHERE account_id = ?", (a,)):
+            identities.setdefault(a, set()).add(r["identity"])
+    return Facts(account_id, enrolled, key_since, facts, purchases,
+                 {a: frozenset(ids) for a, ids in identities.items()})
+
+
+def _has_table(tx: Tx, table: str) -> bool:
+    if tx.dialect == "postgres":
+        row = tx.fetchone("SELECT to_regclass(CAST(? AS TEXT)) IS NOT NULL AS found", (table,))
+    else:
+        row = tx.fetchone("SELECT COUNT(*) > 0 AS found FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+    return bool(row and row["found"])
+
+
+# -- reading ------------------------------------------------------------------------------------
+def trust_of(views: ViewDB, kind: str, subject_id: str) -> dict[str, Any] | None:
+    """A stored score with its breakdown and sources, or None if the subject has none."""
+    row = views.fetchone("SELECT * FROM trust_scores WHERE subject = ?", (f"{kind}:{subject_id}",))
+    if row is None:
+        return None
+    return {"kind": kind, "id": subject_id, "account_id": row["account_id"], **json.loads(row["breakdown"]),
+            "position": int(row["position"])}
