@@ -75,6 +75,7 @@ class ServerConfig:
     max_resumes: int = 16
     max_rate_bps: int | None = None
     skew_s: int = CLOCK_SKEW_S
+    max_unacked_blocks: int = 1  # a buyer killed mid-way has at most this many blocks to fetch again
 
 
 @dataclass
@@ -89,6 +90,7 @@ class _Transfer:
     start: int = 0
     sent_end: int = 0
     acked: int = 0
+    ack_seen: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = "interrupted"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -310,10 +312,16 @@ class DeliveryServer:
         cfg, obj = self.config, t.obj
         t.start = t.sent_end = min(t.session.resume_block * obj.block_size, obj.size_bytes)
         fd = await asyncio.to_thread(open_confined, obj)
+        ahead: asyncio.Task[bytes] | None = None  # the next block, read and re-hashed while waiting or sending
         try:
             for index in range(t.session.resume_block, obj.commitment.count):
+                read = ahead or asyncio.create_task(asyncio.to_thread(self.read_block, fd, obj, index))
+                ahead = None
+                await self._wait_for_acks(t, buyer, index)
                 began = time.monotonic()
-                data = self.outgoing_block(index, await asyncio.to_thread(self.read_block, fd, obj, index))
+                data = self.outgoing_block(index, await read)
+                if index + 1 < obj.commitment.count:
+                    ahead = asyncio.create_task(asyncio.to_thread(self.read_block, fd, obj, index + 1))
                 self._reserve(t, index * obj.block_size + len(data))
                 record = min(cfg.record_size, obj.block_size)
                 for pos in range(0, len(data), record):
@@ -328,7 +336,30 @@ class DeliveryServer:
             if t.session_no is None:
                 self._reserve(t, t.start)  # nothing left to send: still one (empty) session
         finally:
+            if ahead is not None:
+                await asyncio.wait([ahead])  # its pread ends before the descriptor is closed
+                if not ahead.cancelled():
+                    ahead.exception()  # a block never sent: its error is not this transfer's
             os.close(fd)
+
+    async def _wait_for_acks(self, t: _Transfer, buyer: asyncio.Task[Any], index: int) -> None:
+        """Send block ``index`` only once the buyer has acked all but ``max_unacked_blocks - 1``
+        of the blocks before it, so what a killed buyer had not verified is at most that many
+        blocks (socket buffers on loopback alone hold more than one 8 MiB block)."""
+        need = index + 1 - self.config.max_unacked_blocks
+        while max(t.acked, t.session.resume_block) < need:
+            if buyer.done():
+                await buyer  # the buyer stopped: raise its reason
+                raise FrameInvalid("the buyer confirmed before the last block")
+            t.ack_seen.clear()
+            waiter = asyncio.ensure_future(t.ack_seen.wait())
+            try:
+                done, _ = await asyncio.wait([waiter, buyer], timeout=self.config.idle_timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if not done:
+                raise DeliveryTimeout(f"no ack from the buyer for {self.config.idle_timeout_s:g} s")
 
     def _reserve(self, t: _Transfer, end: int) -> None:
         now = self.clock_ms()
@@ -352,7 +383,7 @@ class DeliveryServer:
             record = await read_record(reader, opener, self.config.idle_timeout_s)
             if record.type == fr.ACK:
                 t.acked = min(parse_u32(record.payload, "ack"), t.obj.commitment.count)
-                self.store.record_ack(t.claims.jti, t.acked)
+                t.ack_seen.set()  # written to the store when the session closes, not per block
             elif record.type == fr.END:
                 return record.json()
             else:
@@ -363,16 +394,15 @@ class DeliveryServer:
         check_against_token(subject, t.claims)
         if subject["session"] != b64url(t.session.session_id) or subject["blocks_verified"] != t.obj.commitment.count:
             raise ReceiptInvalid("the confirmation is for another session or does not cover every block")
-        self.store.record_ack(t.claims.jti, t.obj.commitment.count)
+        t.acked = t.obj.commitment.count
         self.outbox.append("confirmation", confirmation, self.clock_ms())
         t.outcome = "complete"
 
     def _receipt(self, t: _Transfer, confirmation_digest: str | None) -> dict[str, Any]:
         c, now = t.claims, self.clock_ms()
-        if t.session_no is not None:
-            self.store.settle(c.jti, t.session_no, t.sent_end, now)
+        seq, counters = self.store.close_session(c.jti, t.session_no, t.sent_end, now, blocks_acked=t.acked,
+                                                 outcome=t.outcome)
         served = self.store.intervals(c.jti)
-        seq, counters = self.store.next_receipt(c.jti, t.outcome)
         subject = {"purchase_id": c.sub, "jti": c.jti, "device_id": c.aud, "listing_id": c.listing_id,
                    "listing_version": c.listing_version, "content_hash": c.content_hash, "size_bytes": c.size_bytes,
                    "blocks_root": c.raw["blocks"]["root"], "buyer_jkt": t.jkt, "seq": seq,

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,10 +164,22 @@ class DeliveryStore:
             db.execute("ROLLBACK")
             raise
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable commit (one fsync of the WAL) for several statements."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def reserve(self, jti: str, session: int, end: int, now_ms: int) -> None:
         """Move the session's served end to ``end`` before those bytes are sent (write-ahead)."""
-        self._db.execute('UPDATE served SET "end" = MAX("end", ?) WHERE jti = ? AND session = ?', (end, jti, session))
-        self._db.execute("UPDATE redemptions SET last_byte_ms = ? WHERE jti = ?", (now_ms, jti))
+        with self._transaction() as db:
+            db.execute('UPDATE served SET "end" = MAX("end", ?) WHERE jti = ? AND session = ?', (end, jti, session))
+            db.execute("UPDATE redemptions SET last_byte_ms = ? WHERE jti = ?", (now_ms, jti))
 
     def settle(self, jti: str, session: int, end: int, now_ms: int) -> None:
         """The session is over and ``end`` is exact: the bytes actually handed to the socket."""
@@ -174,6 +188,21 @@ class DeliveryStore:
 
     def record_ack(self, jti: str, blocks: int) -> None:
         self._db.execute("UPDATE redemptions SET blocks_acked = MAX(blocks_acked, ?) WHERE jti = ?", (blocks, jti))
+
+    def close_session(self, jti: str, session: int | None, end: int, now_ms: int, *, blocks_acked: int,
+                      outcome: str) -> tuple[int, dict[str, Any]]:
+        """:meth:`settle` (when a session was reserved), the buyer's acks and :meth:`next_receipt`
+        in one transaction: the acks are kept in memory during a session and written here."""
+        with self._transaction() as db:
+            if session is not None:
+                db.execute('UPDATE served SET "end" = ? WHERE jti = ? AND session = ?', (end, jti, session))
+            db.execute("UPDATE redemptions SET last_byte_ms = MAX(last_byte_ms, ?), blocks_acked = MAX(blocks_acked,"
+                       " ?), receipt_seq = receipt_seq + 1, outcome = ? WHERE jti = ?",
+                       (now_ms if session is not None else 0, blocks_acked, outcome, jti))
+            found = self.redemption(jti)
+        assert found is not None, "a receipt is only made for a bound token"
+        return found.receipt_seq, {"sessions": found.sessions, "blocks_acked": found.blocks_acked,
+                                   "first_byte_ms": found.first_byte_ms, "last_byte_ms": found.last_byte_ms}
 
     def next_receipt(self, jti: str, outcome: str) -> tuple[int, dict[str, Any]]:
         """Count the next receipt for ``jti``; return its ``seq`` and the counters it reports."""

@@ -361,3 +361,41 @@ def test_a_thousand_concurrent_redemptions_of_one_token_start_one_transfer(world
         assert "refusal" in _outbox_kinds(world)
     finally:
         node.stop()
+
+
+_DIE_AT_HALF = """
+import os, signal, sys
+from pathlib import Path
+from domain.model.keys import VerifyKey
+from node.delivery.client import fetch
+from node.delivery.keys import load_buyer_key
+token, key, out, seller, kid, hub, half = sys.argv[1:]
+def progress(done, total):
+    if done >= int(half):
+        os.kill(os.getpid(), signal.SIGKILL)  # the buyer dies right after a block is durable and acked
+fetch(Path(token).read_text(), out, load_buyer_key(key), {kid: VerifyKey.from_multibase(hub)}, seller=seller,
+      retries=0, progress=progress)
+"""
+
+
+def test_an_unpaced_buyer_killed_mid_transfer_has_at_most_one_block_sent_again(tmp_path: Path) -> None:
+    world = World(tmp_path / "w", size=64 * BLOCK)  # 4 MiB: more than loopback's socket buffers hold in flight
+    node = Node(world)
+    try:
+        save_buyer_key(world.buyer_key, tmp_path / "buyer.jwk")
+        (tmp_path / "token.jwt").write_text(world.token())
+        out = tmp_path / "out.bin"
+        dead = subprocess.run([sys.executable, "-c", _DIE_AT_HALF, str(tmp_path / "token.jwt"), str(tmp_path / "buyer.jwk"),
+                               str(out), node.address, world.hub_key.key_id, world.hub_key.verify_key.to_multibase(),
+                               str(32 * BLOCK)], env=env(), cwd=REPO, timeout=60)
+        assert dead.returncode == -9
+        kept = verified_blocks(out)
+        assert kept >= 32
+        result = fetch(world.token(), out, world.buyer_key, world.hub_keys, seller=node.address)
+        assert out.read_bytes() == world.payload
+        subject = result.receipt["credentialSubject"]
+        first, resumed = served(world, _claims(world, world.token()).jti)
+        assert resumed == (kept * BLOCK, world.size)
+        assert subject["bytes_sent"] - world.size <= BLOCK, (first, kept)  # at most one block sent twice
+    finally:
+        node.stop()
