@@ -163,6 +163,8 @@ def build_world(client: Any, runtime: Any, stub: Any) -> World:
                           mint(client, owner, "/v1/oauth/clients", "spare agent"))
     o.update(api_key=key["id"], spare_key=spare_key["id"], oauth_client=agent["id"], oauth_secret=agent["secret"],
              spare_client=spare_agent["id"], wallet=Account.create(), payout="acct_OwnerPayout77")
+    r = client.simulate_post("/v1/me/wallet", json=_wallet(world, "owner").json, headers=auth(owner.session))
+    assert r.status_code == 201, r.json  # binding the same wallet again is the owner's cell
     # an unpaid channel: its PaymentIntent is what a forged webhook would claim was paid
     r = client.simulate_post("/v1/channels", json={"rail": "card", "currency": "USD", "amount_minor": 5000},
                              headers={**auth(owner.session), "Idempotency-Key": uuid.uuid4().hex})
@@ -282,6 +284,8 @@ def _totp(w: World, actor: str) -> Request:
 
 
 def _totp_confirm(w: World, actor: str) -> Request:
+    if "totp" not in w.objects:  # this cell run alone (-k): the owner begins two-factor set-up first
+        _totp(w, actor).after(w.client.simulate_post("/v1/me/totp", json={}, headers=auth(w.owner.session)))
     return Request("/v1/me/totp/confirm", json={"code": w.objects["totp"].now()})
 
 
