@@ -62,6 +62,10 @@ class World:
     objects: dict[str, Any] = field(default_factory=dict)  # the owner's ids, keys and secrets
     private: set[str] = field(default_factory=set)  # values only the owner (and ALL cells) may see
     secrets: set[str] = field(default_factory=set)  # values nobody but the owner ever sees
+    # Seen by the owner and by ALL cells (auditors), nobody else: the delivery token is in its
+    # Purchase.Purchased event so an auditor can verify the hub's signature on it; it is bound to
+    # the buyer's per-purchase key (cnf), useless without that key (docs/audit.md).
+    auditable: set[str] = field(default_factory=set)
     owned: set[str] = field(default_factory=set)  # the owner's aggregate ids
 
     def head(self) -> int:
@@ -178,6 +182,7 @@ def build_world(client: Any, runtime: Any, stub: Any) -> World:
     world.private |= {owner.account["email"], o["channel"], o["unpaid_channel"], o["purchase"], o["sold"],
                       key["id"], spare_key["id"], agent["id"], spare_agent["id"], o["payout"],
                       o["wallet"].address, o["wallet"].address.lower(), "owner-node-q7"}
+    world.auditable |= {o["delivery_token"]}
     world.secrets |= {o["delivery_token"], key["secret"], spare_key["secret"], agent["secret"],
                       spare_agent["secret"], owner.session}
     world.owned |= {owner.id, owner.device["id"], o["channel"], o["unpaid_channel"], o["listing"],

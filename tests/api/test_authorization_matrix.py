@@ -106,7 +106,8 @@ def test_each_cell_gets_its_declared_outcome(world, method: str, template: str, 
     added = world.since(head)
     if want in (ALLOW, ALL):
         assert 200 <= r.status_code < 300, f"refused, declared {want}: {where}"
-        leaked = {v for v in world.secrets if v in r.text} if actor != "owner" else set()
+        secret = world.secrets - world.auditable if want == ALL else world.secrets
+        leaked = {v for v in secret if v in r.text} if actor != "owner" else set()
         if want == ALLOW and actor != "owner":
             leaked |= {v for v in world.private if v in r.text}
         assert not leaked, f"the owner's values in the answer to {where}: {sorted(leaked)}"
