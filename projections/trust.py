@@ -156,9 +156,9 @@ class TrustProjection(Projection):
 
     @process.register
     def _opened(self, event: Channel.Opened, tx: Tx, position: int) -> None:
-        if event.buyer_wallet:
-            self._identity(tx, str(event.originator_id), event.buyer_account_id,
-                           f"wallet:{event.buyer_wallet.lower()}")
+        wallet = getattr(event, "buyer_wallet", "") or ""  # card channels have none
+        if wallet:
+            self._identity(tx, str(event.originator_id), event.buyer_account_id, f"wallet:{wallet.lower()}")
         self._tick(tx, position, ms_of(event))
 
     @process.register

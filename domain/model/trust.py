@@ -202,13 +202,13 @@ def _uptime(facts: Facts, as_of_ms: int, sources: set[str]) -> dict[str, Any]:
     observed = covered = 0
     for device_id, enrolled_ms in facts.enrolled_ms.items():
         first = max(start_ms, enrolled_ms) // UPTIME_BUCKET_MS
-        hours = max(0, as_of_ms // UPTIME_BUCKET_MS - first)
+        current = as_of_ms // UPTIME_BUCKET_MS  # the hour under way is not judged yet
+        hours = max(0, current - first)
         beats = {f.at_ms // UPTIME_BUCKET_MS: f.ref for f in facts.facts
-                 if f.device_id == device_id and f.kind == "heartbeat" and in_window(f.at_ms, as_of_ms)
-                 and f.at_ms // UPTIME_BUCKET_MS >= first}
+                 if f.device_id == device_id and f.kind == "heartbeat" and first <= f.at_ms // UPTIME_BUCKET_MS < current}
         sources.update(beats.values())
         observed += hours
-        covered += min(len(beats), hours)
+        covered += len(beats)
     return {"score": beta(covered, observed - covered), "positive": float(covered),
             "negative": float(observed - covered), "hours_observed": observed, "hours_up": covered}
 

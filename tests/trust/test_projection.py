@@ -106,7 +106,10 @@ def test_one_buyer_counts_once_per_7_days_and_replay_is_identical(runtime) -> No
     before = runtime.views.fetchall("SELECT * FROM trust_scores ORDER BY subject")
     runner.rebuild()
     assert runtime.views.fetchall("SELECT * FROM trust_scores ORDER BY subject") == before
-    assert trust_of(runtime.views, "account", "seller")["score"] == trust_of(runtime.views, "device", seller)["score"]
+    device = trust_of(runtime.views, "device", seller)
+    assert trust_of(runtime.views, "account", "seller")["score"] == device["score"]
+    # Hours 0..3 are judged (hour 4 is under way); heartbeats came in hours 1, 2 and 3.
+    assert (device["components"]["uptime"]["hours_observed"], device["components"]["uptime"]["hours_up"]) == (4, 3)
 
 
 def test_listings_show_the_score_and_ranking_follows_it(runtime) -> None:
