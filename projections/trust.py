@@ -1,10 +1,12 @@
 """Trust scores as a read model: the facts each score is taken from, and the scores.
 
 The projection's clock is the latest event time it has processed (``trust_clock``), never
-the wall clock: a rebuild from position 0 yields the same rows. On each event the affected
-device and its account are scored again at that clock; when the clock enters a new hour,
-every subject is (so a fact leaves the 30-day window even when its seller is silent).
-A heartbeat in an hour already covered changes nothing and scores nothing.
+the wall clock: a rebuild from position 0 yields the same rows. A device whose facts changed
+is marked (``trust_dirty``); when the clock enters a new minute the marked devices and their
+accounts are scored at that clock, and when it enters a new hour every subject is (so a fact
+leaves the 30-day window even when its seller is silent). A heartbeat in an hour already
+covered changes nothing. A score therefore trails its latest fact by at most a minute of
+event time (the next event after it scores it; a live hub hears heartbeats all the time).
 
 Scores are pushed into the search read model (``search_listings.trust_score`` of the
 device's listings, with a fresh ``seq`` so query processes pick the change up); the search
@@ -27,7 +29,8 @@ from domain.model.traces import Signal, Trace
 from domain.model.trust import UPTIME_BUCKET_MS, WINDOW_MS, Fact, Facts, PurchaseFact, score
 from projections.base import Projection
 
-SWEEP_INTERVAL_MS = UPTIME_BUCKET_MS
+SCORE_INTERVAL_MS = 60_000  # changed subjects are scored when the event clock enters a new minute
+SWEEP_INTERVAL_MS = UPTIME_BUCKET_MS  # every subject, when it enters a new hour
 SEARCH_SEQ_LOCK_KEY = 7_346_112_013  # serialises search_listings.seq between search and trust
 SCORES_DDL = ("CREATE TABLE IF NOT EXISTS trust_scores (subject TEXT PRIMARY KEY, kind TEXT NOT NULL,"
               " subject_id TEXT NOT NULL, account_id TEXT NOT NULL, score REAL NOT NULL, as_of_ms BIGINT NOT NULL,"
@@ -63,7 +66,8 @@ class TrustProjection(Projection):
     event_types = (Device.Enrolled, Device.KeyRotated, Trace.TraceRecorded, Signal.BehaviourSignal,
                    Purchase.Purchased, Purchase.TokenRedeemed, Purchase.Delivered, Purchase.TokenExpired,
                    Purchase.TokenRevoked, Channel.Opened, PayoutDestination.Set, PayoutDestination.Changed)
-    tables = ("trust_devices", "trust_facts", "trust_purchases", "trust_identities", "trust_scores", "trust_clock")
+    tables = ("trust_devices", "trust_facts", "trust_purchases", "trust_identities", "trust_scores", "trust_clock",
+              "trust_dirty")
 
     def ddl(self, dialect: str) -> list[str]:
         return [
@@ -86,7 +90,8 @@ class TrustProjection(Projection):
             SCORES_DDL,
             "CREATE INDEX IF NOT EXISTS trust_scores_account ON trust_scores (account_id)",
             "CREATE TABLE IF NOT EXISTS trust_clock (id INTEGER PRIMARY KEY, now_ms BIGINT NOT NULL,"
-            " swept_ms BIGINT NOT NULL)",
+            " scored_ms BIGINT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS trust_dirty (device_id TEXT PRIMARY KEY)",
         ]
 
     @singledispatchmethod
@@ -195,30 +200,38 @@ class TrustProjection(Projection):
         self._after(tx, position, ms_of(event), row["device_id"])
 
     # -- scoring ------------------------------------------------------------------------------
-    def _tick(self, tx: Tx, position: int, at_ms: int) -> int:
-        """Advance the clock; score every subject when it enters a new hour. Returns the clock."""
-        clock = tx.fetchone("SELECT now_ms, swept_ms FROM trust_clock WHERE id = 1")
+    def _tick(self, tx: Tx, position: int, at_ms: int) -> None:
+        """Advance the clock. When it enters a new minute, score the subjects whose facts
+        changed; when it enters a new hour, score every subject (facts age out of the window).
+
+        Scoring at event-time boundaries, not per event, keeps a busy seller's rebuild linear
+        and stays a function of the log: the same events give the same scores however they
+        are batched."""
+        clock = tx.fetchone("SELECT now_ms, scored_ms FROM trust_clock WHERE id = 1")
         if clock is None:
             tx.execute("INSERT INTO trust_clock VALUES (1, ?, ?)", (at_ms, at_ms))
-            return at_ms
-        now_ms = max(int(clock["now_ms"]), at_ms)
-        swept_ms = int(clock["swept_ms"])
-        if now_ms // SWEEP_INTERVAL_MS > swept_ms // SWEEP_INTERVAL_MS:
-            swept_ms = now_ms
-            for row in tx.fetchall("SELECT device_id FROM trust_devices ORDER BY device_id"):
+            return
+        now_ms, scored_ms = max(int(clock["now_ms"]), at_ms), int(clock["scored_ms"])
+        if now_ms // SCORE_INTERVAL_MS > scored_ms // SCORE_INTERVAL_MS:
+            every = now_ms // SWEEP_INTERVAL_MS > scored_ms // SWEEP_INTERVAL_MS
+            devices = tx.fetchall("SELECT device_id FROM trust_devices ORDER BY device_id" if every else
+                                  "SELECT device_id FROM trust_dirty ORDER BY device_id")
+            for row in devices:
                 self._score_device(tx, position, now_ms, row["device_id"])
-            for row in tx.fetchall("SELECT DISTINCT account_id FROM trust_devices ORDER BY account_id"):
+            accounts = tx.fetchall("SELECT DISTINCT account_id FROM trust_devices ORDER BY account_id" if every else
+                                   "SELECT DISTINCT account_id FROM trust_devices WHERE device_id IN"
+                                   " (SELECT device_id FROM trust_dirty) ORDER BY account_id")
+            for row in accounts:
                 self._score_account(tx, position, now_ms, row["account_id"])
-        tx.execute("UPDATE trust_clock SET now_ms = ?, swept_ms = ? WHERE id = 1", (now_ms, swept_ms))
-        return now_ms
+            tx.execute("DELETE FROM trust_dirty")
+            scored_ms = now_ms
+        tx.execute("UPDATE trust_clock SET now_ms = ?, scored_ms = ? WHERE id = 1", (now_ms, scored_ms))
 
     def _after(self, tx: Tx, position: int, at_ms: int, device_id: str) -> None:
-        now_ms = self._tick(tx, position, at_ms)
-        account = tx.fetchone("SELECT account_id FROM trust_devices WHERE device_id = ?", (device_id,))
-        if account is None:  # a device this hub never enrolled: nothing to score
-            return
-        self._score_device(tx, position, now_ms, device_id)
-        self._score_account(tx, position, now_ms, account["account_id"])
+        """A fact of ``device_id`` changed: score it (and its account) at the next minute."""
+        if tx.fetchone("SELECT 1 AS known FROM trust_devices WHERE device_id = ?", (device_id,)) is not None:
+            tx.execute("INSERT INTO trust_dirty VALUES (?) ON CONFLICT (device_id) DO NOTHING", (device_id,))
+        self._tick(tx, position, at_ms)
 
     def _score_device(self, tx: Tx, position: int, now_ms: int, device_id: str) -> None:
         result = score(load_facts(tx, [device_id], now_ms), now_ms)

@@ -10,6 +10,7 @@ from falcon import testing
 from freezegun import freeze_time
 
 from api.app import create_app
+from domain.model.channel import Channel
 from domain.model.device import Device
 from domain.model.listing import Listing
 from domain.model.purchase import Purchase
@@ -62,8 +63,25 @@ def publish(runtime, account_id: str, device_id: str, title: str) -> str:
     return str(listing.id)
 
 
-def device_trust(runtime, device_id: str) -> dict:
-    make_runner(runtime, TrustProjection()).catch_up()
+def tick(runtime) -> None:
+    """An event in the next minute of the projection's clock (a card channel: no fact, no
+    subject), so the subjects changed so far are scored."""
+    row = runtime.views.fetchone("SELECT now_ms FROM trust_clock WHERE id = 1")
+    at = datetime.fromtimestamp(((row["now_ms"] if row else 0) // 60_000 + 1) * 60, UTC)
+    with freeze_time(max(at, datetime.now(UTC))):
+        runtime.market.save(Channel(id=uuid.uuid4(), meta=META, buyer_account_id="tick", currency="USD", rail="card",
+                                    deposit_minor=0, funding_ref="", expiry_s=0, fee_bps=0,
+                                    unsigned_allowance_minor=0, buyer_wallet="", chain_channel_id="",
+                                    opened_at_s=0))
+
+
+def device_trust(runtime, device_id: str, *, scored: bool = True) -> dict:
+    """The device's stored score once the projection caught up (after a tick when ``scored``)."""
+    runner = make_runner(runtime, TrustProjection())
+    runner.catch_up()
+    if scored:
+        tick(runtime)
+        runner.catch_up()
     return trust_of(runtime.views, "device", device_id)
 
 
@@ -83,10 +101,13 @@ def test_window_newcomer_and_self_dealing(runtime) -> None:
         # 29 days on the delivery still counts; 30 days and 1 second on it does not.
         clock.move_to(T0 + timedelta(days=29))
         heartbeat(runtime, enroll(runtime, "other"), 1)  # any event moves the projection's clock
-        assert device_trust(runtime, seller)["components"]["delivery"]["positive"] == counted["positive"]
+        at_29_days = device_trust(runtime, seller, scored=False)  # the hourly sweep scored it at that event
+        assert at_29_days["as_of_ms"] == int((T0 + timedelta(days=29)).timestamp() * 1000)
+        assert at_29_days["components"]["delivery"]["positive"] == counted["positive"]
         clock.move_to(T0 + timedelta(days=30, seconds=1))
         heartbeat(runtime, enroll(runtime, "third"), 1)
-        later = device_trust(runtime, seller)
+        later = device_trust(runtime, seller, scored=False)
+        assert later["as_of_ms"] == int((T0 + timedelta(days=30, seconds=1)).timestamp() * 1000)
         assert later["components"]["delivery"]["score"] == 0.5 and later["components"]["delivery"]["purchases"] == []
 
 
