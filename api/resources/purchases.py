@@ -8,6 +8,7 @@ paid and recorded, with its delivery token, in the batch's one transaction.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 import falcon
 
@@ -46,6 +47,16 @@ LIST_PARAMS = [
     query_param("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "next_cursor of the previous page"),
 ]
 REVOKE = obj([], reason={"type": "string", "maxLength": 200})
+LIST_NAMES = frozenset(p["name"] for p in LIST_PARAMS)
+
+
+def _only_params(req: falcon.Request, names: frozenset[str]) -> None:
+    """Refuse a query parameter the operation does not document (a typo would otherwise be
+    silently ignored: ``stauts=issued`` would list everything)."""
+    for name, _ in parse_qsl(req.query_string, keep_blank_values=True):
+        if name not in names:
+            raise InvalidInput(f"unknown query parameter {name!r}" if name.isprintable() and len(name) <= 40
+                               else "unknown query parameter", param=name[:40] or "query")
 
 
 class Purchases:
@@ -54,7 +65,8 @@ class Purchases:
                    "the answer carries the delivery token for the buyer's node", "purchases", auth="account",
                    body=BUY, params=[IDEMPOTENCY], responses={"201": PURCHASE, "402": None}),
         "get": op("Your purchases, as buyer or seller, newest first (auditors and admins: everyone's)", "purchases",
-                  auth="account", params=LIST_PARAMS, responses={"200": PAGE}),
+                  auth="account", params=LIST_PARAMS, responses={"200": PAGE},
+                  description="A query parameter not listed here is refused (422 invalid_input)."),
     }
 
     def __init__(self, batcher: DebitBatcher, views: ViewDB) -> None:
@@ -72,6 +84,7 @@ class Purchases:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         who = principal(req, *ACCOUNT_KINDS)
+        _only_params(req, LIST_NAMES)
         role, status, cursor = req.get_param("role"), req.get_param("status"), req.get_param("cursor")
         if role not in (None, "buyer", "seller"):
             raise InvalidInput("role must be buyer or seller", param="role")
@@ -96,6 +109,7 @@ class Purchase:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, purchase_id: str) -> None:
         who = principal(req, *ACCOUNT_KINDS)
+        _only_params(req, frozenset())
         resp.media = self.market.purchases.view(who.account_id, who.roles, purchase_id)
 
 

@@ -61,6 +61,11 @@ def test_lists_for_buyer_seller_and_auditor_paginated(shop) -> None:
     issued = get("/v1/purchases", params={"status": "issued"}, headers=buyer["headers"]).json
     assert len(issued["items"]) == 3 and issued["items"][0]["status"] == "issued"
     assert get("/v1/purchases", params={"cursor": "x"}, headers=buyer["headers"]).status_code == 422
+    for query in ("stauts=issued", "=0", "limit=2&x="):  # a typo is refused, never ignored
+        r = get("/v1/purchases", query_string=query, headers=buyer["headers"])
+        assert (r.status_code, r.json["code"]) == (422, "invalid_input"), query
+    r = get(f"/v1/purchases/{mine[0]}", query_string="x=1", headers=buyer["headers"])
+    assert (r.status_code, r.json["code"]) == (422, "invalid_input")
     assert get("/v1/purchases").status_code == 401
 
 
