@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 from typing import Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
@@ -49,6 +50,11 @@ class HubServer(BaseApplication):
             # Embedded default: every worker offers to run the projections; a file lock makes
             # exactly one of them active, and another takes over if that worker dies.
             app.runtime.start_projections()
+            # ... and signs the audit tree's heads as they fall due (the heads table lock makes
+            # one signer win when several workers find a head due: docs/audit.md).
+            from ops.audit_trail_cli import start_head_signer
+
+            start_head_signer(app.runtime, threading.Event())  # a daemon thread: ends with the worker
         tune_gc()
         return app
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 def hub(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "AIMARKET_DATA_DIR": str(tmp_path / "hub"), "AIMARKET_BCRYPT_ROUNDS": "4",
-           "AIMARKET_BIND": f"127.0.0.1:{port}"}
+           "AIMARKET_BIND": f"127.0.0.1:{port}", "AIMARKET_TREE_HEAD_EVERY_S": "1"}
     env.pop("AIMARKET_DATABASE_URL", None)
     log_path = tmp_path / "hub.log"  # a file, not a pipe: a full pipe would stall the hub
     log = log_path.open("w")
@@ -88,6 +88,13 @@ def test_newcomer_flow(hub: str, tmp_path: Path) -> None:
         time.sleep(0.2)
         devices = client.request("GET", "/v1/devices", bearer=api_key)["items"]
     assert [d["device_id"] for d in devices] == [enrolled["device_id"]]
+    # the embedded hub signs the audit tree's heads itself (no separate worker)
+    deadline = time.monotonic() + 20
+    heads = client.request("GET", "/v1/audit/tree-heads")["items"]
+    while not heads and time.monotonic() < deadline:
+        time.sleep(0.3)
+        heads = client.request("GET", "/v1/audit/tree-heads")["items"]
+    assert heads and heads[-1]["tree_size"] >= 1, heads
 
 
 def test_wrong_passphrase_is_a_clear_error(tmp_path: Path) -> None:
