@@ -189,7 +189,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/devices/{device_id}", devices.Device(market)),
         ("/v1/devices/{device_id}/keys", devices.DeviceKeys(market)),
         ("/v1/traces", Traces(market)),
-        ("/v1/trust/{device_id}", Trust(views)),
+        ("/v1/trust/{device_id}", Trust(market, views)),
         ("/v1/audit/events", audit.AuditEvents(views)),
         *audit_trail_routes(market, views),
         ("/v1/listings", catalogue.Listings(market)),

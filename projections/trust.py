@@ -307,4 +307,4 @@ def trust_of(views: ViewDB, kind: str, subject_id: str) -> dict[str, Any] | None
     if row is None:
         return None
     return {"kind": kind, "id": subject_id, "account_id": row["account_id"], **json.loads(row["breakdown"]),
-            "position": int(row["position"])}
+            "position": int(row["position"]), "scored": True}

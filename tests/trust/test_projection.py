@@ -159,5 +159,10 @@ def test_listings_show_the_score_and_ranking_follows_it(runtime) -> None:
         assert {p["buyer_account_id"] for p in body["components"]["delivery"]["purchases"]} == {
             f"buyer-{i}" for i in range(1, 9)}
         assert any(":Purchase.Delivered:" in s for s in body["sources"])
+        assert body["scored"] is True
+        fresh = enroll(runtime, "fresh")
+        assert device_trust(runtime, fresh, scored=False) is None  # not scored before the next minute
+        newcomer = client.simulate_get(f"/v1/trust/{fresh}").json
+        assert (newcomer["score"], newcomer["scored"], newcomer["sources"]) == (0.5, False, [])
         assert client.simulate_get(f"/v1/trust/{uuid.uuid4()}").status_code == 404
         assert client.simulate_get("/v1/trust/not-a-uuid").status_code in (404, 422)
