@@ -302,11 +302,28 @@ def _coherent(s: dict[str, Any]) -> None:
         raise InvokeReceiptInvalid("; ".join(problems))
 
 
-def issue_receipt(subject: dict[str, Any], device_key: SigningKey, *, now_ms: int, nonce: str) -> dict[str, Any]:
-    """Sign a receipt subject (:data:`RECEIPT_FIELDS`, coherent) with the device key."""
-    _check_fields(subject, RECEIPT_FIELDS, RECEIPT_TYPE, InvokeReceiptInvalid)
+def issue_receipt(subject: dict[str, Any], device_key: SigningKey, *, now_ms: int, nonce: str,
+                  check_fields: bool = True) -> dict[str, Any]:
+    """Sign a receipt subject (:data:`RECEIPT_FIELDS`, coherent) with the device key.
+
+    ``check_fields=False`` skips the per-field format checks (never the arithmetic rules) for a
+    subject built by the node's session from fields checked once per session (see
+    :func:`check_receipt_template`) and integers it computed itself."""
+    if check_fields:
+        _check_fields(subject, RECEIPT_FIELDS, RECEIPT_TYPE, InvokeReceiptInvalid)
+    elif subject.keys() != RECEIPT_FIELDS.keys():
+        raise InvokeReceiptInvalid("a receipt subject has exactly its fields")
     _coherent(subject)
     return _sign(RECEIPT_TYPE, subject, device_key, now_ms, nonce)
+
+
+def check_receipt_template(fixed: dict[str, Any]) -> dict[str, Any]:
+    """Check, once per session, the receipt fields that never change in it (identity, unit,
+    price, currency, budget); returns them."""
+    for name, value in fixed.items():
+        if name not in RECEIPT_FIELDS or not RECEIPT_FIELDS[name](value):
+            raise InvokeReceiptInvalid(f"receipt field {name} is malformed", param=name)
+    return fixed
 
 
 def verify_receipt(receipt: Any, claims: InvokeClaims, *, previous: dict[str, Any] | None = None,

@@ -18,7 +18,13 @@ from domain.model.errors import (
     InvokeSessionClosed,
 )
 from domain.model.invoke import InvokeClaims, admit_call
-from domain.model.invoke_receipts import digest, encode, issue_receipt, verify_countersignature
+from domain.model.invoke_receipts import (
+    check_receipt_template,
+    digest,
+    encode,
+    issue_receipt,
+    verify_countersignature,
+)
 from domain.model.jcs import sha256_sri
 from domain.model.keys import SigningKey, VerifyKey
 from node.compute.registry import ComputeAsset
@@ -44,6 +50,12 @@ class Session:
         self.finalizing: str | None = None  # the reason, while the final receipt is being made
         self.broken = False  # a commit failed: memory may be ahead of disk, reload before use
         self._digests: dict[int, str] = {}
+        c = claims
+        self._price = c.unit_price_minor
+        self._fixed = check_receipt_template({  # the fields no receipt of the session changes
+            "invocation_id": c.sub, "jti": c.jti, "device_id": c.aud, "listing_id": c.listing_id,
+            "listing_version": c.listing_version, "buyer_jkt": c.cnf_jkt, "unit": c.unit,
+            "unit_price_minor": c.unit_price_minor, "currency": c.currency, "budget_minor": c.budget_minor})
         self._nonce_prefix = secrets.token_urlsafe(12) + "-"
 
     @property
@@ -104,18 +116,15 @@ class Session:
                 "bytes_in": r.bytes_in, "bytes_out": r.bytes_out, "calls": r.calls}
 
     def _subject(self, connection: str, call: int, outcome: str, units: int, **fields: Any) -> dict[str, Any]:
-        c, r = self.claims, self.row
-        price = c.unit_price_minor
+        r, price = self.row, self._price
         r.seq += 1
         r.cumulative_units += units
         r.cumulative_minor = r.cumulative_units * price
-        return {"invocation_id": c.sub, "jti": c.jti, "device_id": c.aud, "listing_id": c.listing_id,
-                "listing_version": c.listing_version, "buyer_jkt": c.cnf_jkt, "connection": connection,
-                "seq": r.seq, "call": call, "unit": c.unit, "unit_price_minor": price, "currency": c.currency,
-                "units": units, "amount_minor": units * price, "cumulative_units": r.cumulative_units,
-                "cumulative_amount_minor": r.cumulative_minor, "budget_minor": c.budget_minor, "outcome": outcome,
-                "billed": outcome == "ok", "countersigned_seq": r.countersigned_seq,
-                "countersigned_amount_minor": r.countersigned_minor, **fields}
+        return {**self._fixed, "connection": connection, "seq": r.seq, "call": call, "units": units,
+                "amount_minor": units * price, "cumulative_units": r.cumulative_units,
+                "cumulative_amount_minor": r.cumulative_minor, "outcome": outcome, "billed": outcome == "ok",
+                "countersigned_seq": r.countersigned_seq, "countersigned_amount_minor": r.countersigned_minor,
+                **fields}
 
     def call_receipt(self, *, connection: str, call: int, outcome: str, units: int, error: str | None,
                      input_hash: str | None, output_hash: str | None, input_bytes: int, output_bytes: int,
@@ -130,7 +139,7 @@ class Session:
                                 input_hash=input_hash, output_hash=output_hash if outcome == "ok" else None,
                                 input_bytes=input_bytes, output_bytes=output_bytes if outcome == "ok" else 0,
                                 started_ms=started_ms, ended_ms=ended_ms, final=False, end_reason=None)
-        receipt = issue_receipt(subject, self.signer, now_ms=now_ms, nonce=self._nonce())
+        receipt = issue_receipt(subject, self.signer, now_ms=now_ms, nonce=self._nonce(), check_fields=False)
         wire = self._remember(receipt)
         return receipt, wire, op_receipt(self.claims.jti, receipt, self._counters(), text=wire.decode("utf-8"))
 
