@@ -40,8 +40,8 @@ from api.http import (
 from api.jsonbytes import json_bytes
 from api.logging import request_line
 from api.openapi import body_rule, build_spec
-from api.resources.audit_trail import routes as audit_trail_routes
 from api.resources import audit, catalogue, devices, identity, metrics, money, purchases, system
+from api.resources.audit_trail import routes as audit_trail_routes
 from api.resources.traces import Traces
 from api.resources.trust import Trust
 from domain.model.errors import InvalidInput

@@ -258,35 +258,32 @@ def request_id(req: falcon.Request) -> str:
     return str(req.context.request_id)
 
 
-def principal(req: falcon.Request, *kinds: str) -> Principal:
-    """Authenticate the bearer credential (API key, session/access JWT or device JWT)."""
+def principal(req: falcon.Request) -> Principal:
+    """Authenticate the bearer credential (API key, session/access JWT or device JWT).
+
+    Which kinds and roles a route takes is the authorization table's business
+    (``api.authz.ROUTES``, checked before any responder runs), not the responder's."""
     cached = getattr(req.context, "principal", None)
     if cached is None:
         cached = req.context.authenticator.authenticate(req.get_header("Authorization"))
         req.context.principal = cached
-    if kinds:
-        cached.require_kind(*kinds)
     return cached
 
 
-async def principal_async(req: falcon.Request, *kinds: str) -> Principal:
+async def principal_async(req: falcon.Request) -> Principal:
     """``principal`` without blocking the loop: a session token verified before needs no I/O
     and is checked here; anything else (API keys and OAuth access tokens are checked against
     the store for revocation) runs on the thread pool. The authorization middleware has
     usually authenticated the request already: its principal is reused."""
     who = getattr(req.context, "principal", None)
     if who is not None:
-        if kinds:
-            who.require_kind(*kinds)
         return who
     header = req.get_header("Authorization") or ""
     if header[:7].lower() == "bearer ":
         who = req.context.authenticator.cached_session(header[7:].strip())
     if who is None:
-        return await run_sync(req, principal, req, *kinds)
+        return await run_sync(req, principal, req)
     req.context.principal = who
-    if kinds:
-        who.require_kind(*kinds)
     return who
 
 

@@ -64,7 +64,7 @@ class Listings:
         self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "device")
+        who = principal(req)
         body = read_json(req, PUBLISH_CREDENTIAL)
         resp.media = self.market.catalogue.publish_listing(meta(req, who), who, body)
         resp.status = falcon.HTTP_201
@@ -92,12 +92,12 @@ class Listing:
         resp.media = {**detail, **self.market.catalogue.delivery_of(listing_id)}  # what the token will carry
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, listing_id: str) -> None:
-        who = principal(req, "device")
+        who = principal(req)
         body = read_json(req, UPDATE_CREDENTIAL)
         resp.media = self.market.catalogue.update_listing(meta(req, who), who, listing_id, body)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, listing_id: str) -> None:
-        who = principal(req, "device")
+        who = principal(req)
         body = read_json(req, DELIST_CREDENTIAL)
         resp.media = self.market.catalogue.delist_listing(meta(req, who), who, listing_id, body)
 

@@ -85,7 +85,7 @@ class Wallet:
         self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "api_key", "session")
+        who = principal(req)
         body = read_json(req, WALLET)
         resp.media = self.market.money.bind_wallet(meta(req, who), who.account_id, **body)
         resp.status = falcon.HTTP_201
@@ -94,7 +94,7 @@ class Wallet:
         from domain.model.errors import WalletRequired
         from domain.model.wallet import wallet_message
 
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         market = self.market
         try:
             address: str | None = market.money.wallet_of(who.account_id)
@@ -117,8 +117,7 @@ class Channels:
         self.views = views
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "api_key", "session", "oauth_client")
-        who.require_role("buyer")
+        who = principal(req)
         body = read_json(req, OPEN)
         key = _idempotency_key(req)
         market = self.market
@@ -130,7 +129,7 @@ class Channels:
         resp.status = falcon.HTTP_201
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         resp.media = {"items": channels_of(self.views, who.account_id)}
 
 
@@ -141,7 +140,7 @@ class Channel:
         self.market = market
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         channel = self.market.money.channel_for(who.account_id, channel_id, auditor="auditor" in who.roles)
         resp.media = channel.to_public()
 
@@ -155,7 +154,7 @@ class TopUps:
         self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         body = read_json(req, TOP_UP)
         key = _idempotency_key(req)
         market = self.market
@@ -181,7 +180,7 @@ class Debits:
     async def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
         await read_body(req)
         body = read_json(req, DEBIT)
-        who = await principal_async(req, "api_key", "session", "oauth_client")
+        who = await principal_async(req)
         key = _idempotency_key(req)
         result = await self.batcher.submit(meta(req, who), who.account_id, channel_id, key, body)
         _debit_response(resp, result)
@@ -196,7 +195,7 @@ class Close:
         self.enqueue_settlement = enqueue_settlement
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, channel_id: str) -> None:
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         resp.media = self.market.money.close_channel(meta(req, who), who.account_id, channel_id)
         if self.enqueue_settlement is not None and resp.media["status"] == "closing":
             try:
@@ -245,7 +244,7 @@ class Balances:
         self.views = views
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         everyone = "auditor" in who.roles or "admin" in who.roles
         resp.media = {"items": balances_of(self.views, None if everyone else who.account_id)}
 
@@ -261,8 +260,7 @@ class PayoutDestination:
         self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "api_key", "session")
-        who.require_role("seller")
+        who = principal(req)
         body = read_json(req, DESTINATION)
         resp.media = self.market.payouts.set_payout_destination(meta(req, who), who.account_id,
                                                                        body["stripe_account"])
@@ -280,5 +278,5 @@ class Statements:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         from projections.balances import statement_of
 
-        who = principal(req, "api_key", "session", "oauth_client")
+        who = principal(req)
         resp.media = statement_of(self.views, who.account_id)

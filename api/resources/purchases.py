@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from domain.app.marketplace import Marketplace
     from domain.model.ports import ViewDB
 
-ACCOUNT_KINDS = ("api_key", "session", "oauth_client")
 JKT = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$",
        "description": "RFC 7638 thumbprint of the buyer node's per-purchase Ed25519 key (`aim-node purchase-key`)"}
 BUY = obj(["listing_id", "channel_id", "buyer_jkt"], listing_id=UUID_STR, channel_id=UUID_STR, buyer_jkt=JKT,
@@ -77,13 +76,13 @@ class Purchases:
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         await read_body(req)
         body = read_json(req, BUY)
-        who = await principal_async(req, *ACCOUNT_KINDS)
+        who = await principal_async(req)
         key = _idempotency_key(req)
         result = await self.batcher.submit_purchase(meta(req, who), who.account_id, key, body)
         _debit_response(resp, result)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, *ACCOUNT_KINDS)
+        who = principal(req)
         _only_params(req, LIST_NAMES)
         role, status, cursor = req.get_param("role"), req.get_param("status"), req.get_param("cursor")
         if role not in (None, "buyer", "seller"):
@@ -108,7 +107,7 @@ class Purchase:
         self.market = market
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, purchase_id: str) -> None:
-        who = principal(req, *ACCOUNT_KINDS)
+        who = principal(req)
         _only_params(req, frozenset())
         resp.media = self.market.purchases.view(who.account_id, who.roles, purchase_id)
 
@@ -121,7 +120,7 @@ class Revoke:
         self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, purchase_id: str) -> None:
-        who = principal(req, *ACCOUNT_KINDS)
+        who = principal(req)
         body = read_json(req, REVOKE)
         resp.media = self.market.purchases.revoke_token(meta(req, who), who.account_id, who.roles, purchase_id,
                                                         reason=body.get("reason", ""))

@@ -45,6 +45,6 @@ class Traces:
         self.market = market
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        who = principal(req, "device")
+        who = principal(req)
         body = read_json(req, TRACES_BODY)
         resp.media = self.market.traces.intake(meta(req, who), who, body["envelopes"])
