@@ -1,7 +1,8 @@
 """Metered sessions on disk: ``<home>/compute.sqlite`` (WAL, ``synchronous=FULL``), group-committed.
 
-Tables: ``sessions`` (one row per invoke token: binding, counters, what is countersigned, state,
-the last and the final receipt), ``receipts`` (every receipt the node signed, by ``(jti, seq)``)
+Tables: ``sessions`` (one row per invoke token: the binding, the state, the final receipt),
+``counters`` (what each receipt moves, in a row of integers so a commit rewrites little),
+``countersigned`` (the buyer's latest countersignature), ``receipts`` (every receipt the node signed, by ``(jti, seq)``)
 and ``pending_outbox`` (entries for the compute outbox, written in the same transaction as the
 state they report). Every receipt is committed **before** the buyer sees it or its output, so a
 node killed at any instant restarts with every receipt it handed out (none lost) and never reuses
@@ -20,6 +21,7 @@ import asyncio
 import json
 import queue
 import sqlite3
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +32,16 @@ import orjson
 from node.outbox import Outbox
 
 _SCHEMA = (
+    # what never changes (the binding), and the end: written once
     "CREATE TABLE IF NOT EXISTS sessions (jti TEXT PRIMARY KEY, invocation_id TEXT NOT NULL, listing_id TEXT NOT NULL,"
     " jkt TEXT NOT NULL, token TEXT NOT NULL, bound_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,"
-    " seq INTEGER NOT NULL DEFAULT 0, cumulative_units INTEGER NOT NULL DEFAULT 0,"
-    " cumulative_minor INTEGER NOT NULL DEFAULT 0, countersigned_seq INTEGER NOT NULL DEFAULT 0,"
-    " countersigned_minor INTEGER NOT NULL DEFAULT 0, countersignature TEXT, bytes_in INTEGER NOT NULL DEFAULT 0,"
-    " bytes_out INTEGER NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'open',"
-    " end_reason TEXT, last_receipt TEXT, final_receipt TEXT)",
+    " state TEXT NOT NULL DEFAULT 'open', end_reason TEXT, final_receipt TEXT)",
+    # what every receipt moves: a small row, so a commit rewrites little
+    "CREATE TABLE IF NOT EXISTS counters (jti TEXT PRIMARY KEY, seq INTEGER NOT NULL DEFAULT 0,"
+    " cumulative_units INTEGER NOT NULL DEFAULT 0, cumulative_minor INTEGER NOT NULL DEFAULT 0,"
+    " bytes_in INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0, calls INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS countersigned (jti TEXT PRIMARY KEY, seq INTEGER NOT NULL, amount_minor INTEGER NOT NULL,"
+    " countersignature TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS receipts (jti TEXT NOT NULL, seq INTEGER NOT NULL, receipt TEXT NOT NULL,"
     " PRIMARY KEY (jti, seq))",
     "CREATE TABLE IF NOT EXISTS pending_outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL,"
@@ -72,9 +77,12 @@ class SessionRow:
     final_receipt: dict[str, Any] | None = None
 
 
-_COLUMNS = ("jti, invocation_id, listing_id, jkt, token, bound_ms, deadline_ms, seq, cumulative_units, cumulative_minor,"
-            " countersigned_seq, countersigned_minor, countersignature, bytes_in, bytes_out, calls, state, end_reason,"
-            " last_receipt, final_receipt")
+_SELECT = (
+    "SELECT s.jti, s.invocation_id, s.listing_id, s.jkt, s.token, s.bound_ms, s.deadline_ms, c.seq, c.cumulative_units,"
+    " c.cumulative_minor, COALESCE(k.seq, 0), COALESCE(k.amount_minor, 0), k.countersignature, c.bytes_in,"
+    " c.bytes_out, c.calls, s.state, s.end_reason,"
+    " (SELECT r.receipt FROM receipts r WHERE r.jti = s.jti ORDER BY r.seq DESC LIMIT 1), s.final_receipt"
+    " FROM sessions s JOIN counters c ON c.jti = s.jti LEFT JOIN countersigned k ON k.jti = s.jti")
 
 
 def _row(values: tuple[Any, ...]) -> SessionRow:
@@ -106,7 +114,7 @@ def op_receipt(jti: str, receipt: dict[str, Any], counters: dict[str, int], *, f
 
 
 def op_countersigned(jti: str, seq: int, amount_minor: int, countersignature: dict[str, Any]) -> Op:
-    return ("countersigned", (seq, amount_minor, _json(countersignature), jti, seq))
+    return ("countersigned", (jti, seq, amount_minor, _json(countersignature)))
 
 
 def op_outbox(kind: str, body: dict[str, Any], now_ms: int) -> Op:
@@ -120,20 +128,22 @@ def apply(db: sqlite3.Connection, ops: list[Op]) -> None:
     if binds:
         db.executemany("INSERT INTO sessions (jti, invocation_id, listing_id, jkt, token, bound_ms, deadline_ms)"
                        " VALUES (?,?,?,?,?,?,?)", binds)
+        db.executemany("INSERT INTO counters (jti) VALUES (?)", [(b[0],) for b in binds])
     if receipts:
         db.executemany("INSERT INTO receipts (jti, seq, receipt) VALUES (?,?,?)", [r[1:4] for r in receipts])
         latest = {r[1]: r for r in receipts}  # the counters after a session's last receipt of the batch
-        db.executemany("UPDATE sessions SET seq = ?, cumulative_units = ?, cumulative_minor = ?, bytes_in = ?,"
-                       " bytes_out = ?, calls = ?, last_receipt = ? WHERE jti = ?",
-                       [(*r[4], r[3], r[1]) for r in latest.values()])
+        db.executemany("UPDATE counters SET seq = ?, cumulative_units = ?, cumulative_minor = ?, bytes_in = ?,"
+                       " bytes_out = ?, calls = ? WHERE jti = ?", [(*r[4], r[1]) for r in latest.values()])
         finals = [(r[5], r[3], r[1]) for r in receipts if r[5] is not None]
         if finals:
             db.executemany("UPDATE sessions SET state = 'final', end_reason = ?, final_receipt = ? WHERE jti = ?",
                            finals)
     countersigned = [op[1] for op in ops if op[0] == "countersigned"]
     if countersigned:
-        db.executemany("UPDATE sessions SET countersigned_seq = ?, countersigned_minor = ?, countersignature = ?"
-                       " WHERE jti = ? AND countersigned_seq < ?", countersigned)
+        db.executemany("INSERT INTO countersigned (jti, seq, amount_minor, countersignature) VALUES (?,?,?,?)"
+                       " ON CONFLICT (jti) DO UPDATE SET seq = excluded.seq, amount_minor = excluded.amount_minor,"
+                       " countersignature = excluded.countersignature WHERE excluded.seq > countersigned.seq",
+                       countersigned)
     entries = [op[1] for op in ops if op[0] == "outbox"]
     if entries:
         db.executemany("INSERT INTO pending_outbox (kind, body, created_ms) VALUES (?,?,?)", entries)
@@ -164,11 +174,11 @@ class SessionStore:
 
     # -- reads ------------------------------------------------------------------------------
     def load(self, jti: str) -> SessionRow | None:
-        found = self._read.execute(f"SELECT {_COLUMNS} FROM sessions WHERE jti = ?", (jti,)).fetchone()  # noqa: S608
+        found = self._read.execute(f"{_SELECT} WHERE s.jti = ?", (jti,)).fetchone()
         return _row(found) if found else None
 
     def open_sessions(self) -> list[SessionRow]:
-        rows = self._read.execute(f"SELECT {_COLUMNS} FROM sessions WHERE state = 'open'").fetchall()  # noqa: S608
+        rows = self._read.execute(f"{_SELECT} WHERE s.state = 'open'").fetchall()
         return [_row(r) for r in rows]
 
     def receipts(self, jti: str) -> list[dict[str, Any]]:
@@ -237,8 +247,11 @@ class SessionStore:
                     db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            if error is None:
-                self._flush_outbox(db)
+            if error is None and any(op[0] == "outbox" for ops, _ in batch for op in ops):
+                try:
+                    self._flush_outbox(db)
+                except (sqlite3.Error, OSError) as exc:  # the entries stay pending: moved next time, or at start
+                    print(f'{{"compute": "outbox_flush_failed", "error": {type(exc).__name__!r}}}', file=sys.stderr)
             self._resolve(batch, error)
         db.close()
 
