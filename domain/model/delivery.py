@@ -51,6 +51,7 @@ from domain.model.errors import (
     DeliveryWrongAudience,
     DeliveryWrongTyp,
     InvalidInput,
+    MarketError,
     SignatureInvalid,
 )
 from domain.model.jcs import canonical_json, loads_strict
@@ -107,21 +108,24 @@ def json_depth(data: bytes) -> int:
     return deepest
 
 
-def _segment(text: str, limit: int, what: str) -> dict[str, Any]:
+def token_segment(text: str, limit: int, what: str, *, error: type[MarketError] = DeliveryTokenInvalid,
+                  kind: str = "delivery token") -> dict[str, Any]:
+    """One JWS segment (header or claims) as a JSON object, bounded before it is parsed; every
+    failure is ``error`` (the delivery and the invoke tokens share this reading)."""
     if len(text) > limit * 4 // 3 + 4:
-        raise DeliveryTokenInvalid(f"delivery token {what} is too large")
+        raise error(f"{kind} {what} is too large")
     try:
         raw = b64url_decode(text)
     except InvalidInput as exc:
-        raise DeliveryTokenInvalid(f"delivery token {what} is not base64url") from exc
+        raise error(f"{kind} {what} is not base64url") from exc
     if len(raw) > limit or json_depth(raw) > MAX_DEPTH:
-        raise DeliveryTokenInvalid(f"delivery token {what} is too large or nested too deeply")
+        raise error(f"{kind} {what} is too large or nested too deeply")
     try:
         obj = loads_strict(raw)
     except InvalidInput as exc:
-        raise DeliveryTokenInvalid(f"delivery token {what} is not strict JSON: {exc.detail}") from exc
+        raise error(f"{kind} {what} is not strict JSON: {exc.detail}") from exc
     if not isinstance(obj, dict):
-        raise DeliveryTokenInvalid(f"delivery token {what} is not a JSON object")
+        raise error(f"{kind} {what} is not a JSON object")
     return obj
 
 
@@ -289,7 +293,7 @@ def verify_delivery_token(
         DeliveryTokenExpired, DeliveryTokenNotYetValid, DeliveryStartDeadlinePassed.
     """
     header_b64, payload_b64, signature_b64 = _split(token)
-    header = _segment(header_b64, MAX_HEADER_BYTES, "header")
+    header = token_segment(header_b64, MAX_HEADER_BYTES, "header")
     if set(header) - HEADER_FIELDS:
         raise DeliveryUnknownClaim(f"unknown delivery token header fields: {sorted(set(header) - HEADER_FIELDS)}")
     if header.get("typ") != TYP or header.get("alg") != ALG:
@@ -303,7 +307,7 @@ def verify_delivery_token(
         key.verify(f"{header_b64}.{payload_b64}".encode("ascii"), signature)
     except (InvalidInput, SignatureInvalid) as exc:
         raise DeliveryTokenSignatureInvalid("the delivery token's hub signature does not verify") from exc
-    claims = _segment(payload_b64, MAX_PAYLOAD_BYTES, "claims")
+    claims = token_segment(payload_b64, MAX_PAYLOAD_BYTES, "claims")
     blocks, seller_key, seller_kx = check_claims(claims)
     if audience is not None and claims["aud"] != audience:
         raise DeliveryWrongAudience("the delivery token is for another seller device")

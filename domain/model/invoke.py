@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.model.compute import UNITS
-from domain.model.delivery import CLOCK_SKEW_S, json_depth, jwk_thumbprint
+from domain.model.delivery import CLOCK_SKEW_S, jwk_thumbprint, token_segment
 from domain.model.errors import (
     BudgetExhausted,
     InvalidInput,
@@ -65,7 +65,7 @@ from domain.model.errors import (
     InvokeWrongTyp,
     SignatureInvalid,
 )
-from domain.model.jcs import canonical_json, loads_strict
+from domain.model.jcs import canonical_json
 from domain.model.keys import KxPublicKey, SigningKey, VerifyKey, b64url, b64url_decode
 from domain.model.money import SCALES
 
@@ -92,21 +92,7 @@ _ENDPOINT = re.compile(r"^(tcp://)?[A-Za-z0-9.\-\[\]:]{1,253}:[0-9]{1,5}$")
 
 
 def _segment(text: str, limit: int, what: str) -> dict[str, Any]:
-    if len(text) > limit * 4 // 3 + 4:
-        raise InvokeTokenInvalid(f"invoke token {what} is too large")
-    try:
-        raw = b64url_decode(text)
-    except InvalidInput as exc:
-        raise InvokeTokenInvalid(f"invoke token {what} is not base64url") from exc
-    if len(raw) > limit or json_depth(raw) > MAX_DEPTH:
-        raise InvokeTokenInvalid(f"invoke token {what} is too large or nested too deeply")
-    try:
-        obj = loads_strict(raw)
-    except InvalidInput as exc:
-        raise InvokeTokenInvalid(f"invoke token {what} is not strict JSON: {exc.detail}") from exc
-    if not isinstance(obj, dict):
-        raise InvokeTokenInvalid(f"invoke token {what} is not a JSON object")
-    return obj
+    return token_segment(text, limit, what, error=InvokeTokenInvalid, kind="invoke token")
 
 
 @dataclass(frozen=True, slots=True)

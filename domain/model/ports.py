@@ -185,7 +185,7 @@ recorded, the saver checks each against the store and raises :class:`StaleRead` 
 that differ: nothing is recorded, and the batch runs again on fresh state."""
 
 
-class StaleRead(Exception):  # noqa: N818 - a signal between the saver and the batcher, not a failure
+class StaleRead(Exception):
     """Raised by a ``BatchSaver`` when an aggregate the batch read changed (or exists) in the store."""
 
     def __init__(self, ids: Sequence[Any]) -> None:
