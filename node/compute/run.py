@@ -19,8 +19,10 @@ from node.compute.workers import WorkerPool
 
 
 def paths(home: Path) -> tuple[Path, Path]:
-    """``(compute.sqlite, compute_outbox.sqlite)`` in the node's home."""
-    return home / "compute.sqlite", home / "compute_outbox.sqlite"
+    """``(compute.sqlite, outbox.sqlite)`` in the node's home: the outbox is the node's one
+    outbox, the one ``aim-node serve``'s uplink delivers (one hash chain per device at the hub;
+    appends take SQLite's write lock, so the two server processes share the file safely)."""
+    return home / "compute.sqlite", home / "outbox.sqlite"
 
 
 async def serve(config: ComputeConfig, assets: dict[str, ComputeAsset], home: Path, host: str, port: int, *,

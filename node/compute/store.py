@@ -3,16 +3,19 @@
 Tables: ``sessions`` (one row per invoke token: the binding, the state, the final receipt),
 ``counters`` (what each receipt moves, in a row of integers so a commit rewrites little),
 ``countersigned`` (the buyer's latest countersignature), ``receipts`` (every receipt the node signed, by ``(jti, seq)``)
-and ``pending_outbox`` (entries for the compute outbox, written in the same transaction as the
+and ``pending_outbox`` (entries for the node's outbox, written in the same transaction as the
 state they report). Every receipt is committed **before** the buyer sees it or its output, so a
 node killed at any instant restarts with every receipt it handed out (none lost) and never reuses
 a ``seq`` (none billed twice); a call that was running when it died was never billed.
 
 Writes go through one writer thread that commits whatever is queued as one transaction (one
 fsync for many calls: group commit); :meth:`SessionStore.commit` returns a future the event loop
-awaits. After a commit the writer moves pending entries to the outbox (``node.outbox.Outbox``,
-``<home>/compute_outbox.sqlite``) and deletes them; an entry appended just before a crash is
-found again at start and not appended twice (:meth:`SessionStore.recover`).
+awaits. After a commit the writer moves pending entries to the node's one outbox
+(``node.outbox.Outbox``, ``<home>/outbox.sqlite``, shared with the delivery server and its
+uplink, which delivers them: one hash chain per device at the hub) and deletes them. The two
+files cannot commit together (SQLite in WAL mode is atomic per file), so an entry appended just
+before a crash is found again at start and not appended twice (:meth:`SessionStore.recover`:
+every ``invoke_*`` body is unique, a ``jti`` and a time or a signed rejection's nonce).
 """
 
 from __future__ import annotations

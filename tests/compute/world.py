@@ -116,10 +116,10 @@ class World:
         return issue_invoke_token(self.claims(**options), self.hub_key, self.hub_key.key_id)
 
     def store(self) -> SessionStore:
-        return SessionStore(self.home / "compute.sqlite", self.home / "compute_outbox.sqlite")
+        return SessionStore(self.home / "compute.sqlite", self.home / "outbox.sqlite")
 
     def outbox(self) -> list[tuple[str, dict[str, Any]]]:
-        outbox = Outbox(self.home / "compute_outbox.sqlite")
+        outbox = Outbox(self.home / "outbox.sqlite")
         try:
             outbox.verify_chain()
             return [(e.kind, e.body) for e in outbox.entries()]
