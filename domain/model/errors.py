@@ -1060,3 +1060,50 @@ class ComputeEntryPointInvalid(ComputeAssetInvalid):
 
     code = "compute_entry_point_invalid"
     title = "Compute entry point unusable"
+
+
+class ChannelHoldsOpen(InvalidState):
+    """Raised when a channel with open holds (metered sessions not yet captured or lapsed)
+    would settle: the holds must end first, so no seller's capture is lost."""
+
+    code = "channel_holds_open"
+    title = "Channel has open holds"
+
+
+class UnsignedAllowanceExhausted(InsufficientFunds):
+    """Raised when a hold on a chain channel would not fit the unsigned allowance's headroom
+    (a capture is charged without a voucher); ``available_minor`` is the headroom."""
+
+    code = "channel_unsigned_allowance_exhausted"
+    title = "Unsigned allowance exhausted"
+
+
+class ListingNotInvocable(InvalidState):
+    """Raised when an invocation names a listing that is not a compute listing (a model or
+    pipeline metered in one of the compute units)."""
+
+    code = "listing_not_invocable"
+    title = "Listing is not a compute listing"
+
+
+class InvocationNotFound(NotFound):
+    """Raised when an invocation does not exist or is not visible to the caller."""
+
+    code = "invocation_not_found"
+    title = "Invocation not found"
+
+
+class InvocationWrongDevice(InvalidState):
+    """Raised when a node reports on an invocation whose token names another seller device,
+    or a binding to another token or key than the invocation's."""
+
+    code = "invocation_wrong_device"
+    title = "Report from another device than the invocation's"
+
+
+class InvocationChannelExpiring(InvalidState):
+    """Raised when the channel expires too soon for a session: the token's deadline plus the
+    report grace must end before the channel can settle."""
+
+    code = "invocation_channel_expiring"
+    title = "Channel expires too soon for a session"
