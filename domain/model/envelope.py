@@ -1,7 +1,8 @@
 """The trace envelope: every node→hub message, a W3C VC signed by the device key.
 
 A node writes what the hub must hear (a token bound, a receipt, a buyer's confirmation, a
-refusal, a heartbeat) to its hash-chained outbox first (``node/outbox.py``); each time it
+refusal, a heartbeat; an invoke token bound, a session's final receipt, a safety rejection) to
+its hash-chained outbox first (``node/outbox.py``); each time it
 delivers an entry it wraps it in a fresh envelope::
 
     {"@context": ["https://www.w3.org/ns/credentials/v2", "https://aimarket.dev/ns/traces/v1"],
@@ -55,9 +56,15 @@ from domain.model.vc import DATA_INTEGRITY_PROOF, EDDSA_JCS_2022, sign_credentia
 
 CONTEXT = ["https://www.w3.org/ns/credentials/v2", "https://aimarket.dev/ns/traces/v1"]
 ENVELOPE_TYPE = "TraceEnvelope"
-KINDS = ("redemption", "receipt", "confirmation", "refusal", "heartbeat")
-ENVELOPE_BYTES_MAX = 64 * 1024  # a receipt with its 1,024 byte intervals is ~40 KiB
-DEPTH_MAX = 8  # envelope > subject > entry > receipt > subject > intervals > interval
+KINDS = ("redemption", "receipt", "confirmation", "refusal", "heartbeat", "invoke_bound", "invoke_final",
+         "invoke_rejection")
+# A delivery receipt with its 1,024 byte intervals is ~40 KiB; an invoke_final envelope (final
+# receipt + countersignature) 3.7 KiB, 7.6 KiB with every text field at its longest
+# (measured by tests/traces/test_invoke_envelopes.py).
+ENVELOPE_BYTES_MAX = 64 * 1024
+# envelope > subject > entry > receipt > subject > intervals > interval (7); invoke_final:
+# envelope > subject > entry > body > receipt > proof > @context (7)
+DEPTH_MAX = 8
 SKEW_MS = 30_000
 NONCE_BYTES_MIN = 16  # 128 bits
 
@@ -123,9 +130,13 @@ def _int(low: int = 0, high: int = MAX_INT) -> Callable[[Any], bool]:
 
 
 def _credential(vc_type: str) -> Callable[[Any], bool]:
-    """The shape of a delivery VC; its proof is verified where its signer is known (the hub)."""
+    """The shape of a delivery or invoke VC; its proof is verified where its signer is known (the hub)."""
     return lambda v: (isinstance(v, dict) and set(v) == _VC_FIELDS and v["type"] == ["VerifiableCredential", vc_type]
                       and isinstance(v["credentialSubject"], dict) and isinstance(v["proof"], dict))
+
+
+def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
 
 
 BODY_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
@@ -134,6 +145,13 @@ BODY_FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "refusal": {"jti": _match(_JTI), "purchase_id": _match(_TEXT), "jkt": _match(_B64_32), "code": _match(_CODE),
                 "at_ms": _int()},
     "heartbeat": {"started_ms": _int(), "uptime_s": _int(), "outbox_pending": _int()},
+    # compute (node/compute/store.py): the binding, the session's end, a safety rejection
+    "invoke_bound": {"jti": _match(_JTI), "invocation_id": _match(_TEXT), "listing_id": _match(_UUID),
+                     "device_id": _match(_TEXT), "jkt": _match(_B64_32), "bound_at_ms": _int()},
+    "invoke_final": {"jti": _match(_JTI), "invocation_id": _match(_TEXT),
+                     "receipt": _credential("InvocationReceipt"),
+                     "countersignature": _or_null(_credential("InvocationCountersignature"))},
+    "invoke_rejection": {"rejection": _credential("InvocationRejection")},
 }
 CREDENTIAL_BODIES = {"receipt": "DeliveryReceipt", "confirmation": "DeliveryConfirmation"}
 
