@@ -10,6 +10,11 @@ the position that projection has reached, so a read model that drifted from the 
 bug, a hand edit) is caught. Each ``Debited`` fee must follow the fee rule: the cumulative
 one (``debit_fee``), or, for debits recorded before it, the older per-debit rounding
 (``fee_for(amount)``); the recorded fee is what counts either way, never recomputed.
+Holds (metered sessions) move no money and post nothing; the channel's invariants cover them
+(held = the sum of its holds, spent + held <= deposit, none left at settlement), and each
+capture's ``Debited`` (key ``invoke:<invocation id>``) must charge exactly what the
+``HoldReleased`` just before it captured, never more than the hold. The report gives the holds
+still open per currency (``holds_open_minor``).
 Memory grows with the number of channels, not of events.
 """
 
@@ -39,6 +44,7 @@ class LedgerAudit:
         self.pending: dict[str, int] = {}  # channel -> card refund not yet sent, up to tracked_position
         self.money_events = 0
         self._due: tuple[int, str] | None = None  # (position, channel) whose save may go on
+        self.captures: dict[str, int] = {}  # debit key of a capture -> the amount its HoldReleased captured
 
     def feed(self, position: int, event: Any) -> None:
         channel_id = str(event.originator_id) if isinstance(event, Channel.Event) else None
@@ -65,6 +71,7 @@ class LedgerAudit:
         before = self.channels.get(channel_id)
         if isinstance(event, Channel.Debited) and before is not None:
             self._check_fee(position, before, event)
+        self._check_capture(position, channel_id, before, event)
         try:
             channel = event.mutate(before)
         except Exception as exc:  # noqa: BLE001 - report, do not stop the audit
@@ -92,6 +99,21 @@ class LedgerAudit:
         if event.fee_minor not in rules:
             self.problems.append(f"position {position}: channel {channel.id}: debit fee {event.fee_minor} is not "
                                  f"the fee rule's {rules[0]} (nor the older per-debit {rules[1]})")
+
+    def _check_capture(self, position: int, channel_id: str, before: Channel | None, event: Any) -> None:
+        """A capture charges what its hold's release captured, within the hold."""
+        if isinstance(event, Channel.HoldReleased):
+            held = (before.holds if before is not None else {}).get(event.invocation_id)
+            if held is None or event.captured_minor + event.released_minor != held["amount_minor"]:
+                self.problems.append(f"position {position}: channel {channel_id}: release of hold "
+                                     f"{event.invocation_id} does not match an open hold")
+            elif event.captured_minor:
+                self.captures[f"invoke:{event.invocation_id}"] = event.captured_minor
+        elif isinstance(event, Channel.Debited) and event.idempotency_key.startswith("invoke:"):
+            captured = self.captures.pop(event.idempotency_key, None)
+            if captured != event.amount_minor:
+                self.problems.append(f"position {position}: channel {channel_id}: capture {event.idempotency_key} "
+                                     f"charges {event.amount_minor}, its hold released {captured} as captured")
 
     def _check_due(self) -> None:
         assert self._due is not None
@@ -141,8 +163,13 @@ class LedgerAudit:
         for (account, currency), amount in self.balances.items():
             if account.startswith("external:"):
                 totals[currency] -= amount  # money the rails brought in and still held
+        holds: dict[str, int] = defaultdict(int)
+        for channel in self.channels.values():
+            if channel.held_minor:
+                holds[channel.currency] += channel.held_minor
         return {"money_events": self.money_events, "channels": len(self.channels),
-                "held_minor": dict(sorted(totals.items())), "read_model_position": self.tracked_position}
+                "held_minor": dict(sorted(totals.items())), "holds_open_minor": dict(sorted(holds.items())),
+                "read_model_position": self.tracked_position}
 
 
 def _card_refund_pending(channel: Channel) -> int:

@@ -21,15 +21,16 @@ from projections.base import Projection
 class Balances(Projection):
     name = "balances"
     # 2: card refunds (money_channels.card_refund_pending_minor); 3: late payments, refunds
-    # failed after being sent, operator resolutions.
-    version = 3
+    # failed after being sent, operator resolutions; 4: holds (money_channels.held_minor, money_holds).
+    version = 4
     event_types = (Channel.Opened, Channel.ToppedUp, Channel.LatePaymentReceived, Channel.VoucherRecorded, Channel.Debited,
                    Channel.CloseRequested, Channel.Expired, Channel.Settled, Channel.Refunded,
                    Channel.CardRefundSent, Channel.CardRefundFailed, Channel.CardRefundResolved,
+                   Channel.HoldPlaced, Channel.HoldReleased,
                    SellerPayouts.Started, SellerPayouts.PayoutRequested, SellerPayouts.PayoutSent,
                    SellerPayouts.PayoutFailed)
     tables = ("ledger_postings", "ledger_balances", "money_channels", "seller_earnings", "payouts",
-              "payout_owners")
+              "payout_owners", "money_holds")
 
     def __init__(self) -> None:
         self._refs: dict[str, ChannelRef] = {}  # immutable per channel: safe to keep
@@ -49,7 +50,7 @@ class Balances(Projection):
             " rail TEXT NOT NULL, status TEXT NOT NULL, deposit_minor BIGINT NOT NULL, spent_minor BIGINT NOT NULL,"
             " fee_minor BIGINT NOT NULL, voucher_minor BIGINT NOT NULL, settled_minor BIGINT NOT NULL,"
             " refunded_minor BIGINT NOT NULL, expiry_s BIGINT NOT NULL, opened_at TEXT NOT NULL,"
-            " settlement_ref TEXT, card_refund_pending_minor BIGINT NOT NULL)",
+            " settlement_ref TEXT, card_refund_pending_minor BIGINT NOT NULL, held_minor BIGINT NOT NULL DEFAULT 0)",
             "CREATE INDEX IF NOT EXISTS money_channels_buyer ON money_channels (buyer_account_id)",
             "CREATE INDEX IF NOT EXISTS money_channels_due ON money_channels (status, expiry_s)",
             # Partial: the refund sweep reads only the few channels with refunds still to send.
@@ -64,6 +65,11 @@ class Balances(Projection):
             " amount_minor BIGINT NOT NULL, status TEXT NOT NULL, transfer_id TEXT, reason TEXT,"
             " requested_at TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS payouts_seller ON payouts (seller_account_id)",
+            # Open holds (metered sessions), for the lapse sweep; a hold's row goes when it ends.
+            "CREATE TABLE IF NOT EXISTS money_holds ("
+            " invocation_id TEXT PRIMARY KEY, channel_id TEXT NOT NULL, amount_minor BIGINT NOT NULL,"
+            " lapse_at_s BIGINT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS money_holds_due ON money_holds (lapse_at_s)",
             "CREATE TABLE IF NOT EXISTS payout_owners ("
             " aggregate_id TEXT PRIMARY KEY, seller_account_id TEXT NOT NULL, currency TEXT NOT NULL)",
         ]
@@ -103,7 +109,7 @@ class Balances(Projection):
     def _opened(self, event: Channel.Opened, tx: Tx, position: int) -> None:
         channel_id = str(event.originator_id)
         tx.execute(
-            "INSERT INTO money_channels VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, ?, ?, NULL, 0)"
+            "INSERT INTO money_channels VALUES (?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, ?, ?, NULL, 0, 0)"
             " ON CONFLICT (channel_id) DO NOTHING",
             (channel_id, event.buyer_account_id, event.currency, event.rail,
              "open" if event.deposit_minor else "pending", event.deposit_minor, event.expiry_s,
@@ -141,6 +147,19 @@ class Balances(Projection):
             " fee_minor = seller_earnings.fee_minor + excluded.fee_minor,"
             " net_minor = seller_earnings.net_minor + excluded.net_minor, debits = seller_earnings.debits + 1",
             (event.seller_account_id, ref.currency, channel_id, amount, fee, amount - fee))
+
+    @process.register
+    def _hold_placed(self, event: Channel.HoldPlaced, tx: Tx, position: int) -> None:
+        channel_id = str(event.originator_id)  # a hold moves no money: no postings
+        self._channel(tx, channel_id, "held_minor = held_minor + ?", (event.amount_minor,))
+        tx.execute("INSERT INTO money_holds VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (event.invocation_id, channel_id, event.amount_minor, event.lapse_at_s))
+
+    @process.register
+    def _hold_released(self, event: Channel.HoldReleased, tx: Tx, position: int) -> None:
+        channel_id = str(event.originator_id)  # the capture's Debited follows with the postings
+        self._channel(tx, channel_id, "held_minor = held_minor - ?", (event.captured_minor + event.released_minor,))
+        tx.execute("DELETE FROM money_holds WHERE invocation_id = ?", (event.invocation_id,))
 
     @process.register
     def _close_requested(self, event: Channel.CloseRequested, tx: Tx, position: int) -> None:
@@ -252,6 +271,12 @@ def channels_due(db: Any, now_s: int, margin_s: int, limit: int = 500) -> list[d
         "SELECT channel_id, status, rail FROM money_channels WHERE status = 'closing'"
         " OR (status IN ('open', 'pending') AND expiry_s <= ?) ORDER BY expiry_s LIMIT ?",
         (now_s + margin_s, limit))
+
+
+def holds_due(db: Any, now_s: int, limit: int = 500) -> list[dict[str, Any]]:
+    """Open holds whose lapse time has passed (the lapse sweep releases them)."""
+    return db.fetchall("SELECT invocation_id, channel_id, amount_minor, lapse_at_s FROM money_holds"
+                       " WHERE lapse_at_s <= ? ORDER BY lapse_at_s LIMIT ?", (now_s, limit))
 
 
 def chain_channels_settling(db: Any, after: str = "", limit: int = 500) -> list[dict[str, Any]]:

@@ -227,6 +227,8 @@ def sweep_settlements(runtime: WorkerRuntime, enqueue: Callable[[str], Any] | No
             continue
         channel_id = row["channel_id"]
         channel = market.money.channel(channel_id)
+        if channel.holds:  # metered sessions still to capture or lapse: a later run takes it
+            continue
         if channel.status in ("open", "pending"):
             market.money.expire_channel(meta, channel_id)  # nothing signed: settles internally
             channel = market.money.channel(channel_id)

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from domain.app.money import RACING_ATTEMPTS
 from domain.app.service import Service
-from domain.model.errors import InvalidState, NotFound
+from domain.model.errors import ChannelHoldsOpen, InvalidState, NotFound
 from domain.model.ids import NS_PLATFORM, natural_id
 from domain.model.settlement import Settlement, chain_mismatches, check_split
 
@@ -36,6 +36,7 @@ class SettlementService(Service):
         Raises:
             InvalidState: the channel is not a chain channel waiting for settlement.
             WalletRequired: a seller to be paid has no wallet bound (nowhere to pay).
+            ChannelHoldsOpen: metered sessions still hold funds (the sweep retries once they end).
         """
         settlement_id = settlement_id_for(channel_id)
 
@@ -45,6 +46,8 @@ class SettlementService(Service):
             channel = self.market.money.channel(channel_id)
             if channel.rail != "chain" or channel.status != "closing" or channel.voucher_minor == 0:
                 raise InvalidState(f"channel is {channel.rail}/{channel.status}; nothing to settle on chain")
+            if channel.holds:  # a capture still to come would change the split: wait for the holds to end
+                raise ChannelHoldsOpen(f"{len(channel.holds)} metered sessions still hold funds on this channel")
             split = channel.settlement_split()
             paid = [(s, a) for s, a in sorted(split["seller_amounts"].items()) if a > 0]
             amounts = [a for _, a in paid]

@@ -20,6 +20,17 @@ Card refunds: ``Refunded`` records what goes back to the buyer; ``card_refund_pl
 over the PaymentIntents that funded the channel (each gives back at most what it paid in),
 and ``CardRefundSent`` / ``CardRefundFailed`` record what Stripe did with each planned part.
 
+Holds (metered compute sessions, ``domain.app.invocations``): ``hold`` reserves an amount for
+one invocation (``HoldPlaced``), not a spend; every debit and every new hold must fit
+``deposit - spent - held``. ``capture_hold`` ends it: ``HoldReleased`` (what is captured and
+what goes back to the available balance), then, when something is captured, the ordinary
+``Debited`` (purpose ``invoke``, key ``invoke:<invocation id>``, the fee by ``debit_fee`` as a
+sale's), so settlement, balances, the ledger and payouts see a capture as any debit. A hold
+holds no money in the ledger (no postings). ``release_hold`` ends a lapsed one. A channel with
+open holds does not settle (``channel_holds_open``). On a chain channel a capture is charged
+without a voucher, so a hold must also fit the unsigned allowance's headroom
+(``spent + held - voucher <= unsigned_allowance_minor``).
+
 Pure: time comes in as ``now_s``; no I/O inside event methods.
 """
 
@@ -32,7 +43,14 @@ from uuid import UUID
 from eventsourcing.domain import event
 
 from domain.model.base import MarketAggregate
-from domain.model.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
+from domain.model.errors import (
+    ChannelHoldsOpen,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    InvalidInput,
+    InvalidState,
+    UnsignedAllowanceExhausted,
+)
 from domain.model.ledger import LedgerInvariantViolated
 from domain.model.money import BPS_DENOMINATOR
 
@@ -73,8 +91,8 @@ def debit_fee(spent_before_minor: int, amount_minor: int, fee_bps: int) -> int:
 class Channel(MarketAggregate):
     """One payment channel: deposit, debits, latest voucher, close and settlement."""
 
-    # Version 2 keeps each funding's amount and the card refunds; older snapshots are upcast.
-    class_version = 2
+    # Version 2 keeps each funding's amount and the card refunds; 3 the holds. Older snapshots are upcast.
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -86,6 +104,12 @@ class Channel(MarketAggregate):
         refs = state.get("funding_refs") or []
         state["funding_minor"] = {refs[0]: state["deposit_minor"]} if len(refs) == 1 else {}
         state["card_refunds"] = {}
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """A snapshot from before holds had none."""
+        state["holds"] = {}
+        state["held_minor"] = 0
 
     @event("Opened")
     def __init__(
@@ -122,6 +146,14 @@ class Channel(MarketAggregate):
         self.refunded_minor = 0
         self.settlement_ref = ""
         self.close_reason = ""
+        # invocation id -> {"amount_minor", "seller_account_id", "lapse_at_s", "at_s"}: open holds.
+        self.holds: dict[str, dict[str, Any]] = {}
+        self.held_minor = 0
+
+    @property
+    def available_minor(self) -> int:
+        """What a new debit or hold may take: the deposit less the spend and the open holds."""
+        return self.deposit_minor - self.spent_minor - self.held_minor
 
     # -- funding ------------------------------------------------------------------------------
     def top_up(self, meta: dict, *, amount_minor: int, funding_ref: str) -> None:
@@ -194,10 +226,10 @@ class Channel(MarketAggregate):
         if now_s >= self.expiry_s:
             raise InvalidState("channel has expired; no debits")
         spent_after = self.spent_minor + amount_minor
-        if spent_after > self.deposit_minor:
+        if amount_minor > self.available_minor:
             raise InsufficientFunds(
-                f"channel holds {self.deposit_minor - self.spent_minor} minor units; debit needs {amount_minor}",
-                available_minor=self.deposit_minor - self.spent_minor)
+                f"channel has {self.available_minor} minor units available; debit needs {amount_minor}",
+                available_minor=self.available_minor)
         if self.rail == "chain":
             self._check_chain_debit(spent_after, seller_account_id, voucher)
             if voucher is not None and voucher["cumulative_minor"] > self.voucher_minor:
@@ -221,7 +253,7 @@ class Channel(MarketAggregate):
                 raise InvalidInput(f"voucher must not exceed the channel's spend after this debit ({spent_after})",
                                    param="voucher.cumulative_minor")
             signed = cumulative
-        if spent_after - signed > self.unsigned_allowance_minor:
+        if spent_after + self.held_minor - signed > self.unsigned_allowance_minor:
             raise InvalidInput(
                 f"a voucher for cumulative {spent_after} is required (unsigned allowance "
                 f"{self.unsigned_allowance_minor})", param="voucher", required_cumulative_minor=spent_after)
@@ -261,7 +293,7 @@ class Channel(MarketAggregate):
             "channel_id": str(self.id), "sequence": self.debit_count, "amount_minor": e.amount_minor,
             "fee_minor": e.fee_minor, "currency": self.currency, "seller_account_id": e.seller_account_id,
             "purpose": e.purpose, "spent_minor": self.spent_minor,
-            "remaining_minor": self.deposit_minor - self.spent_minor}}
+            "remaining_minor": self.deposit_minor - self.spent_minor - self.held_minor}}
         # Forget keys past the retention window (time from the event, so replays agree).
         for key in list(self._expired_keys(e.at_s - KEY_RETENTION_S)):
             del self.debits[key]
@@ -271,6 +303,98 @@ class Channel(MarketAggregate):
             if seen["at_s"] > before_s:
                 return
             yield key
+
+    # -- holds (metered compute sessions) -----------------------------------------------------
+    def hold(self, meta: dict, *, invocation_id: str, amount_minor: int, now_s: int, lapse_at_s: int,
+             seller_account_id: str = "") -> bool:
+        """Reserve ``amount_minor`` for one invocation until it is captured or lapses.
+
+        ``lapse_at_s``: when the hub may release it unused (the session's deadline plus the
+        report grace); it must come before the channel expires. False if this invocation
+        already holds (a retry changes nothing).
+
+        Raises:
+            InvalidState: the channel is not open, has expired, or would expire before the hold lapses.
+            InsufficientFunds: more than ``deposit - spent - held`` (``available_minor``).
+            UnsignedAllowanceExhausted: chain: above the unsigned allowance's headroom.
+        """
+        if invocation_id in self.holds:
+            return False
+        _check_amount(amount_minor)
+        if self.status != "open":
+            raise InvalidState(f"channel is {self.status}; no holds")
+        if now_s >= self.expiry_s:
+            raise InvalidState("channel has expired; no holds")
+        if type(lapse_at_s) is not int or not now_s < lapse_at_s <= self.expiry_s:
+            raise InvalidState("the hold would outlive the channel", param="channel_id")
+        if amount_minor > self.available_minor:
+            raise InsufficientFunds(
+                f"channel has {self.available_minor} minor units available; the hold needs {amount_minor}",
+                available_minor=self.available_minor)
+        if self.rail == "chain":
+            headroom = self.unsigned_allowance_minor - (self.spent_minor + self.held_minor - self.voucher_minor)
+            if amount_minor > headroom:
+                raise UnsignedAllowanceExhausted(
+                    f"a capture is charged without a voucher: the unsigned allowance has {max(0, headroom)} "
+                    f"minor units of headroom; the hold needs {amount_minor}", available_minor=max(0, headroom))
+            payees = set(self.sellers) | {h["seller_account_id"] for h in self.holds.values()} | {seller_account_id}
+            if len(payees) > MAX_CHAIN_SELLERS:
+                raise InvalidState(f"a chain channel pays at most {MAX_CHAIN_SELLERS} sellers")
+        self._hold_placed(meta=meta, invocation_id=invocation_id, amount_minor=amount_minor,
+                          seller_account_id=seller_account_id, lapse_at_s=lapse_at_s, at_s=now_s)
+        return True
+
+    @event("HoldPlaced")
+    def _hold_placed(self, meta: dict, invocation_id: str, amount_minor: int, seller_account_id: str,
+                     lapse_at_s: int, at_s: int) -> None:
+        self.holds[invocation_id] = {"amount_minor": amount_minor, "seller_account_id": seller_account_id,
+                                     "lapse_at_s": lapse_at_s, "at_s": at_s}
+        self.held_minor += amount_minor
+
+    def capture_hold(self, meta: dict, *, invocation_id: str, amount_minor: int, seller_account_id: str,
+                     now_s: int) -> dict[str, Any] | None:
+        """End a hold by charging ``amount_minor`` of it (0..the hold) to pay the seller; the
+        rest goes back to the available balance. Returns the debit's answer (None when nothing
+        was captured, or the hold had ended already: a second capture changes nothing).
+
+        Allowed while the channel is open or closing (the hold was reserved before the close),
+        and after its expiry (a hold lapses before it; the channel cannot settle while it is open).
+        """
+        key = f"invoke:{invocation_id}"
+        held = self.holds.get(invocation_id)
+        if held is None:
+            seen = self.debits.get(key)
+            return None if seen is None else {**seen["result"], "replayed": True}
+        if type(amount_minor) is not int or not 0 <= amount_minor <= held["amount_minor"]:
+            raise InvalidInput(f"a capture is 0..{held['amount_minor']} (the hold)", param="amount_minor")
+        self._hold_released(meta=meta, invocation_id=invocation_id, captured_minor=amount_minor,
+                            released_minor=held["amount_minor"] - amount_minor, reason="captured", at_s=now_s)
+        if amount_minor == 0:
+            return None
+        if self.rail == "chain":
+            self._check_chain_debit(self.spent_minor + amount_minor, seller_account_id, None)
+        request_hash = f"invoke:{invocation_id}:{amount_minor}"
+        self.trigger_event(self.Debited, meta=meta, amount_minor=amount_minor,
+                           fee_minor=debit_fee(self.spent_minor, amount_minor, self.fee_bps),
+                           seller_account_id=seller_account_id, purpose="invoke", idempotency_key=key,
+                           request_hash=request_hash, at_s=now_s)
+        return {**self.debits[key]["result"], "replayed": False}
+
+    def release_hold(self, meta: dict, *, invocation_id: str, now_s: int, reason: str = "lapsed") -> bool:
+        """End a hold with nothing charged (the session lapsed: no final report in time).
+        False if it had ended already."""
+        held = self.holds.get(invocation_id)
+        if held is None:
+            return False
+        self._hold_released(meta=meta, invocation_id=invocation_id, captured_minor=0,
+                            released_minor=held["amount_minor"], reason=reason, at_s=now_s)
+        return True
+
+    @event("HoldReleased")
+    def _hold_released(self, meta: dict, invocation_id: str, captured_minor: int, released_minor: int,
+                       reason: str, at_s: int) -> None:
+        held = self.holds.pop(invocation_id)
+        self.held_minor -= held["amount_minor"]
 
     # -- close, expiry, settlement ------------------------------------------------------------
     def request_close(self, meta: dict, *, now_s: int, reason: str = "requested") -> bool:
@@ -320,6 +444,9 @@ class Channel(MarketAggregate):
             return
         if self.status != "closing":
             raise InvalidState("close the channel before settling it")
+        if self.holds:
+            raise ChannelHoldsOpen(f"{len(self.holds)} metered sessions hold {self.held_minor} minor units; "
+                                   "the channel settles once they are captured or lapse", param="channel_id")
         split = self.settlement_split()
         self._settled(meta=meta, settlement_ref=settlement_ref, **split)
         if split["refund_minor"]:
@@ -470,6 +597,14 @@ class Channel(MarketAggregate):
         """Assert the money rules; a failure is a bug (raised, never swallowed)."""
         if not 0 <= self.spent_minor <= self.deposit_minor:
             raise LedgerInvariantViolated(f"channel {self.id} spent {self.spent_minor} of {self.deposit_minor}")
+        holds = self.holds
+        held = self.held_minor
+        if held != sum(h["amount_minor"] for h in holds.values()) or held < 0:
+            raise LedgerInvariantViolated(f"channel {self.id}: held {held} is not the sum of its holds")
+        if self.spent_minor + held > self.deposit_minor:
+            raise LedgerInvariantViolated(f"channel {self.id}: spent {self.spent_minor} + held {held} above the deposit")
+        if holds and self.status == "settled":
+            raise LedgerInvariantViolated(f"channel {self.id}: settled with open holds")
         if sum(s["net_minor"] + s["fee_minor"] for s in self.sellers.values()) != self.spent_minor:
             raise LedgerInvariantViolated(f"channel {self.id} seller shares do not add up to the spend")
         if self.fee_minor * BPS_DENOMINATOR > self.spent_minor * self.fee_bps:
@@ -477,7 +612,7 @@ class Channel(MarketAggregate):
         if self.rail == "chain":
             if not self.settled_minor <= self.voucher_minor <= self.deposit_minor:
                 raise LedgerInvariantViolated(f"channel {self.id}: settled <= voucher <= deposit broken")
-            if self.spent_minor - self.voucher_minor > self.unsigned_allowance_minor:
+            if self.spent_minor + held - self.voucher_minor > self.unsigned_allowance_minor:
                 raise LedgerInvariantViolated(f"channel {self.id}: unsigned exposure above the allowance")
         if self.status == "settled" and self.settled_minor + self.refunded_minor != self.deposit_minor:
             raise LedgerInvariantViolated(f"channel {self.id}: settlement + refund != deposit")
@@ -499,7 +634,8 @@ class Channel(MarketAggregate):
         return {
             "id": str(self.id), "buyer_account_id": self.buyer_account_id, "currency": self.currency,
             "rail": self.rail, "status": self.status, "deposit_minor": self.deposit_minor,
-            "spent_minor": self.spent_minor, "remaining_minor": self.deposit_minor - self.spent_minor,
+            "spent_minor": self.spent_minor, "remaining_minor": self.available_minor, "held_minor": self.held_minor,
+            "holds": len(self.holds),
             "fee_bps": self.fee_bps, "fee_minor": self.fee_minor, "expiry_s": self.expiry_s,
             "voucher_minor": self.voucher_minor, "unsigned_allowance_minor": self.unsigned_allowance_minor,
             "buyer_wallet": self.buyer_wallet or None, "chain_channel_id": self.chain_channel_id or None,
