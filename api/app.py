@@ -44,6 +44,8 @@ from api.resources import audit, catalogue, devices, identity, metrics, money, p
 from api.resources.audit_trail import routes as audit_trail_routes
 from api.resources.traces import Traces
 from api.resources.trust import Trust
+from api.tracing import HEADER as TRACEPARENT
+from api.tracing import SpanIds, rerooted, transaction_of
 from domain.model.errors import InvalidInput
 from domain.model.json_input import check_depth
 
@@ -77,8 +79,9 @@ class HubRuntime(Protocol):
 
 
 class RequestContext:
-    """Binds the authenticator, the thread pool and a request id; writes one canonical log
-    line per request."""
+    """Binds the authenticator, the thread pool, a request id and the request's trace
+    (``traceparent``, ``api.tracing``); answers the trace; observes the request's latency
+    (``api.resources.metrics``); writes one canonical log line per request."""
 
     def __init__(self, market: Marketplace, pool: ThreadPoolExecutor) -> None:
         self.authenticator = Authenticator(market)
@@ -87,6 +90,8 @@ class RequestContext:
         # and hosts, and cheaper than a uuid4 (a getrandom call) on every request.
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
+        self.spans = SpanIds()
+        self.latency = metrics.request_latency()
 
     async def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         incoming = req.get_header("X-Request-Id") or ""
@@ -95,16 +100,34 @@ class RequestContext:
         req.context.authenticator = self.authenticator
         req.context.pool = self.pool
         req.context.started = time.perf_counter()
+        trace = req.context.trace = self.spans.start(req.get_header(TRACEPARENT))
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=req.context.request_id)
+        structlog.contextvars.bind_contextvars(request_id=req.context.request_id, trace_id=trace.trace_id,
+                                               span_id=trace.span_id)
+
+    async def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                               params: dict[str, Any]) -> None:
+        # A route naming a purchase answers on the purchase's trace (api.tracing); POST
+        # /v1/purchases is re-rooted when its meta is built (the principal is known by then).
+        req.context.params = params
+        if "purchase_id" in params:
+            transaction = transaction_of(req, None)
+            if transaction is not None:
+                trace = req.context.trace = rerooted(req.context.trace, transaction)
+                structlog.contextvars.bind_contextvars(trace_id=trace.trace_id)
 
     async def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                                ok: bool) -> None:
         resp.set_header("X-Request-Id", req.context.request_id)
+        trace = req.context.trace
+        resp.set_header(TRACEPARENT, trace.traceparent)
         who = getattr(req.context, "principal", None)
-        request_line({"method": req.method, "path": req.path, "status": int(resp.status_code),
-                      "duration_ms": round((time.perf_counter() - req.context.started) * 1000, 2),
-                      "actor": who.actor if who else None, "request_id": req.context.request_id})
+        elapsed_s = time.perf_counter() - req.context.started
+        status = int(resp.status_code)
+        self.latency.observe(req.uri_template, req.method, status, elapsed_s)
+        request_line({"method": req.method, "path": req.path, "status": status,
+                      "duration_ms": round(elapsed_s * 1000, 2), "actor": who.actor if who else None,
+                      "request_id": req.context.request_id, "trace_id": trace.trace_id, "span_id": trace.span_id})
 
 
 class InputGuard:

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 import falcon
 import orjson
 
+from api.tracing import event_meta
 from api.validation import _UUID_RE, check
 from domain.model.base import Meta
 from domain.model.errors import (
@@ -314,10 +315,13 @@ class Authenticator:
 
 
 def meta(req: falcon.Request, who: Principal | None = None) -> dict[str, str]:
-    """Who acts (the principal, or anonymous) and why (this request)."""
+    """Who acts (the principal, or anonymous), why (this request) and in which trace
+    (``traceparent``, on the transaction's trace when the request acts on one)."""
     actor = who.actor if who is not None else "anonymous"
     rid = request_id(req)
-    return Meta(actor=actor, correlation_id=rid, causation_id=rid).as_dict()
+    recorded: dict[str, str] = Meta(actor=actor, correlation_id=rid, causation_id=rid).as_dict()
+    recorded.update(event_meta(req, who))  # the request's traceparent (api.tracing)
+    return recorded
 
 
 def query_int(req: falcon.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -1,9 +1,21 @@
-"""Gunicorn, run from Python: ``aimarket serve``. The app is built in each worker after fork."""
+"""Gunicorn, run from Python: ``aimarket serve``. The app is built in each worker after fork.
+
+Prometheus' multiprocess mode is prepared here, in the master, before any worker forks
+(``prepare_metrics_dir``): each worker writes its request latency histogram to files in
+``PROMETHEUS_MULTIPROC_DIR`` and a scrape, whichever worker takes it, sums them
+(``api.resources.metrics``); the master's ``child_exit`` hook marks a dead worker's files
+(``mark_process_dead``: it runs in the master, so it covers the Uvicorn workers too).
+"""
 
 from __future__ import annotations
 
 import gc
+import os
+import shutil
+import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any, ClassVar
 
 from gunicorn.app.base import BaseApplication
@@ -22,6 +34,33 @@ class HubWorker(UvicornWorker):
                                                "proxy_headers": False, "access_log": False}
 
 
+def prepare_metrics_dir(explicit: str | None = None) -> str:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers to come and empty it (a previous run's
+    files would add to this run's counts). An operator's folder (the variable already set) is
+    emptied and kept; otherwise a fresh temporary folder, removed when the master exits."""
+    folder = explicit or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        for child in path.iterdir():
+            if child.is_file() and child.suffix == ".db":
+                child.unlink()
+    else:
+        folder = tempfile.mkdtemp(prefix="aimarket-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported already (by the CLI): values made from now on go to files
+        values.ValueClass = values.get_value_class()
+    return folder
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Gunicorn hook (master): a worker ended; its live gauges go, its counters stay summed."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 class HubServer(BaseApplication):
     """Gunicorn with ``HubWorker``s; ``load`` runs in the worker (``preload_app`` is off)."""
 
@@ -30,9 +69,16 @@ class HubServer(BaseApplication):
         self.options = {
             "bind": settings.bind, "workers": settings.web_workers, "worker_class": "ops.serve.HubWorker",
             "preload_app": False, "accesslog": None, "keepalive": 5, "graceful_timeout": 10, "timeout": 60,
-            **(options or {}),
+            "child_exit": child_exit, "on_exit": self._on_exit, **(options or {}),
         }
+        explicit = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.metrics_dir = prepare_metrics_dir()
+        self._own_metrics_dir = not explicit
         super().__init__()
+
+    def _on_exit(self, server: Any) -> None:
+        if self._own_metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def load_config(self) -> None:
         for key, value in self.options.items():

@@ -36,6 +36,7 @@ from typing import Any
 from domain.model import envelope as env
 from domain.model.errors import MarketError
 from domain.model.keys import SigningKey, VerifyKey
+from node.delivery.trace_context import batch_traceparent
 from node.hub_client import HubClient, HubError, device_token
 from node.outbox import BatchFailed, Entry, EntryRefused, Outbox, ResumeFrom
 
@@ -92,8 +93,12 @@ class Uplink:
         assert self.audience is not None
         token = device_token(self.key, device_id=self.device_id, hub_url=self.audience,
                              now_s=self.clock_ms() // 1000)
+        traceparent = batch_traceparent(batch)  # one purchase: its trace (node/delivery/trace_context.py)
+        if traceparent is not None:
+            _note("traced", traceparent=traceparent, seq=batch[0].seq)
         try:
-            self.hub.request("POST", TRACES, {"envelopes": self.envelopes(batch)}, bearer=token)
+            self.hub.request("POST", TRACES, {"envelopes": self.envelopes(batch)}, bearer=token,
+                             headers={"traceparent": traceparent} if traceparent else None)
         except HubError as exc:
             index = exc.problem.get("index")
             taken = index if type(index) is int and 0 <= index < len(batch) else 0
