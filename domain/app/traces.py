@@ -11,7 +11,8 @@ For each envelope of a batch, in order (``docs/protocol.md``, "Traces"):
 3. the nonce, spent once in the shared nonce store (``trace_replayed``);
 4. the chain (``domain.model.traces.check_chain``): a re-delivered entry (same device, ``seq``
    and ``entry_hash``) answers ``duplicate`` and records nothing; a gap or a fork is refused;
-5. the effect on its purchase (:class:`PurchaseEffects`), saved with the ``Trace`` in one
+5. the effect on its purchase (:class:`PurchaseEffects`) or invocation (:class:`InvocationEffects`),
+   saved with the ``Trace`` in one
    ``market.save``: a lost race (another host recorded the entry, or changed the purchase)
    runs steps 4-5 again on fresh state, so concurrent re-deliveries record the entry once.
 
@@ -94,24 +95,69 @@ class TraceEffects(Protocol):
     def __call__(self, meta: dict[str, Any], device: Device, verified: VerifiedEnvelope) -> Effect: ...
 
 
+_SUBJECT_FIELDS = ("purchase_id", "invocation_id", "jti", "jkt", "buyer_jkt")
+# The compute kinds and the method of ``market.invocations`` that applies each (docs/protocol.md).
+INVOKE_APPLY = {"invoke_bound": "apply_bound", "invoke_final": "apply_final", "invoke_rejection": "apply_rejection"}
+
+
 def _subject(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    source = body.get("credentialSubject", {}) if kind in ("receipt", "confirmation") else body
-    return {name: source[name] for name in ("purchase_id", "jti", "jkt", "buyer_jkt") if
-            isinstance(source.get(name), str)}
+    """What a signal of this entry is about, read from its body (unverified: ids only)."""
+    source = body
+    if kind in ("receipt", "confirmation"):
+        source = body.get("credentialSubject", {})
+    elif kind in ("invoke_final", "invoke_rejection"):
+        vc = body.get("receipt" if kind == "invoke_final" else "rejection")
+        source = {**(vc.get("credentialSubject", {}) if isinstance(vc, dict) else {}),
+                  **{k: v for k, v in body.items() if k in ("jti", "invocation_id")}}
+    return {name: source[name] for name in _SUBJECT_FIELDS if isinstance(source.get(name), str)}
+
+
+class InvocationEffects:
+    """The compute kinds, applied by ``market.invocations`` (its ``apply_*`` return the aggregates
+    to save with the trace, or raise a MarketError to refuse):
+
+    * ``invoke_bound``: the session's binding (the buyer key that holds the token);
+    * ``invoke_final``: the final receipt and countersignature: the capture and the release of
+      the rest of the hold (nothing to save, ``effect: none``, when it was captured already);
+    * ``invoke_rejection``: a node-signed safety rejection: recorded (applied) and a behaviour
+      signal about the buyer key it names (``docs/trust.md``: it costs the seller nothing).
+
+    A refused compute entry (a tampered receipt, a changed unit price, a replay) is recorded
+    ``effect: refused`` with its code and a signal about the reporting device, as for purchases."""
+
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+
+    def __call__(self, meta: dict[str, Any], device: Device, kind: str, body: dict[str, Any]) -> Effect:
+        subject = _subject(kind, body)
+        try:
+            aggregates = tuple(getattr(self.market.invocations, INVOKE_APPLY[kind])(meta, device, body))
+        except MarketError as exc:
+            return Effect(EFFECT_REFUSED, code=exc.code, detail=exc.detail, signal=True, subject=subject)
+        if kind == "invoke_rejection":
+            rejection = body["rejection"]["credentialSubject"]
+            code = rejection.get("code") if isinstance(rejection.get("code"), str) else "invoke_input_rejected"
+            return Effect(EFFECT_APPLIED, code=code, detail=f"the node's safety pre-check rejected a call "
+                          f"({rejection.get('rule')})", aggregates=aggregates, signal=True, subject=subject)
+        return Effect(EFFECT_APPLIED if aggregates else EFFECT_NONE, aggregates=aggregates, subject=subject)
 
 
 class PurchaseEffects:
     """Redemptions, receipts and confirmations recorded on their purchase (``market.purchases``);
     a refusal the node reported (a bound token tried by another key or past its limits) is a
-    behaviour signal; a heartbeat changes nothing (its trace is the uptime record)."""
+    behaviour signal; a heartbeat changes nothing (its trace is the uptime record); the compute
+    kinds go to :class:`InvocationEffects`."""
 
     def __init__(self, market: Marketplace) -> None:
         self.market = market
+        self.invocations = InvocationEffects(market)
 
     def __call__(self, meta: dict[str, Any], device: Device, verified: VerifiedEnvelope) -> Effect:
         kind, body = verified.entry.kind, verified.entry.body
         if kind == "heartbeat":
             return Effect(EFFECT_NONE)
+        if kind in INVOKE_APPLY:
+            return self.invocations(meta, device, kind, body)
         subject = _subject(kind, body)
         if kind == "refusal":
             return Effect(EFFECT_NONE, code=body["code"], detail="the node refused a bound token", signal=True,
