@@ -1,0 +1,161 @@
+"""The CPU-bound half of the signature audit (``ops.signature_audit``): checking signatures.
+
+The walk over the log decides *which key* must have signed *what* (key state is sequential:
+enrolments, rotations, suspensions, keyring rotations); each decision becomes a job, a plain
+tuple that pickles cheaply, and the jobs are checked here, in batches, on a process pool
+(both cores) or inline for a small log. A job is ``(position, topic, what, kind, payload,
+key)``; a check answers None (it verifies) or why not. Kinds:
+
+* ``ed25519``: ``payload = (message, signature)``, raw Ed25519 under ``key`` (32 bytes);
+* ``vc``: ``payload = (credential, expected_digest | None, outbox_entry: bool)``: an
+  eddsa-jcs-2022 proof under ``key``; the credential's SRI digest must be the one recorded
+  (listings, receipts); an outbox entry (a trace envelope) must also carry the hash of its entry;
+* ``voucher``: ``payload = (chain_id, contract, chain_channel_id, cumulative_minor,
+  signature_hex)``, EIP-712 recovered and compared with ``key`` (the buyer's wallet address).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from domain.model.envelope import entry_hash
+from domain.model.errors import MarketError
+from domain.model.jcs import canonical_json, sha256_sri
+from domain.model.keys import VerifyKey
+from domain.model.vc import EDDSA_JCS_2022, verify_credential
+
+Job = tuple[int, str, str, str, Any, Any]
+Failure = tuple[int, str, str, str]  # position, topic, what, why
+
+BATCH_JOBS = 256
+IN_FLIGHT_BATCHES = 8  # per worker: bounds memory while the walk runs ahead
+POOL_AFTER_JOBS = 4096  # a smaller log is checked inline (starting processes costs ~0.3 s)
+
+
+def check(job: Job) -> str | None:
+    """Check one job; None when it verifies, else what failed (never raises)."""
+    _position, _topic, _what, kind, payload, key = job
+    try:
+        if kind == "ed25519":
+            message, signature = payload
+            VerifyKey(key).verify(message, signature)
+        elif kind == "vc":
+            return _check_vc(payload, key)
+        elif kind == "voucher":
+            return _check_voucher(payload, key)
+        else:
+            return f"unknown check {kind!r}"
+    except MarketError as exc:
+        return f"{exc.detail} [{exc.code}]"
+    except Exception as exc:  # noqa: BLE001 - a malformed event is a finding, not a crash
+        return f"not checkable: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_vc(payload: Any, key: bytes) -> str | None:
+    credential, expected_digest, outbox_entry = payload
+    verify_credential(credential, expected_key=VerifyKey(key), suites=(EDDSA_JCS_2022,))
+    if expected_digest is not None and sha256_sri(canonical_json(credential)) != expected_digest:
+        return "the recorded credential digest is not the digest of the signed credential"
+    if outbox_entry:
+        entry = credential["credentialSubject"]["entry"]
+        body = canonical_json(entry["body"], allow_floats=False)
+        if entry_hash(bytes.fromhex(entry["prev_hash"]), entry["seq"], entry["kind"], body,
+                      entry["created_ms"]).hex() != entry["entry_hash"]:
+            return "entry_hash is not the hash of the signed outbox entry"
+    return None
+
+
+def _check_voucher(payload: Any, wallet: str) -> str | None:
+    from domain.model.voucher import VoucherDomain, verify_voucher  # eth libraries: only when a voucher is met
+
+    chain_id, contract, chain_channel_id, cumulative_minor, signature_hex = payload
+    verify_voucher(wallet, VoucherDomain(chain_id, contract), chain_channel_id, cumulative_minor,
+                   bytes.fromhex(signature_hex.removeprefix("0x")))
+    return None
+
+
+def check_batch(jobs: list[Job]) -> tuple[int, list[Failure]]:
+    """Check a batch; return how many were checked and the failures."""
+    failures = []
+    for job in jobs:
+        why = check(job)
+        if why is not None:
+            failures.append((job[0], job[1], job[2], why))
+    return len(jobs), failures
+
+
+class Checker:
+    """Collects jobs in batches and checks them: inline until ``pool_after_jobs`` jobs were
+    seen, then on ``workers`` processes (spawned: the walk holds database connections and
+    threads that a fork would copy)."""
+
+    def __init__(self, workers: int | None = None, pool_after_jobs: int = POOL_AFTER_JOBS) -> None:
+        self.workers = max(0, min(2, os.cpu_count() or 1) if workers is None else workers)
+        self.pool_after_jobs = pool_after_jobs
+        self.batch: list[Job] = []
+        self.seen = 0
+        self.checked = 0
+        self.failures: list[Failure] = []
+        self._pool: Any = None
+        self._pending: deque[Any] = deque()
+
+    @property
+    def pooled(self) -> bool:
+        return self._pool is not None
+
+    def add(self, job: Job) -> None:
+        self.batch.append(job)
+        self.seen += 1
+        if len(self.batch) >= BATCH_JOBS:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        if self._pool is None and self.workers > 1 and self.seen >= self.pool_after_jobs:
+            self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+        if self._pool is None:
+            self._collect(check_batch(batch))
+            return
+        while len(self._pending) >= IN_FLIGHT_BATCHES * self.workers:
+            self._collect(self._pending.popleft().get())
+        self._pending.append(self._pool.apply_async(check_batch, (batch,)))
+
+    def _collect(self, result: tuple[int, list[Failure]]) -> None:
+        count, failures = result
+        self.checked += count
+        self.failures += failures
+
+    def finish(self) -> list[Failure]:
+        """Check what is left; return every failure in log order."""
+        self._flush()
+        try:
+            while self._pending:
+                self._collect(self._pending.popleft().get())
+        finally:
+            self.close()
+        return sorted(self.failures)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+def check_all(jobs: Iterable[Job], workers: int | None = None, pool_after_jobs: int = POOL_AFTER_JOBS
+              ) -> list[Failure]:
+    """Every failure among ``jobs`` (the benchmark's and the tests' entry)."""
+    checker = Checker(workers, pool_after_jobs)
+    try:
+        for job in jobs:
+            checker.add(job)
+        return checker.finish()
+    finally:
+        checker.close()
