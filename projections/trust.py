@@ -8,6 +8,9 @@ leaves the 30-day window even when its seller is silent). A heartbeat in an hour
 covered changes nothing. A score therefore trails its latest fact by at most a minute of
 event time (the next event after it scores it; a live hub hears heartbeats all the time).
 
+Compute sessions (``trust_sessions``) come from ``Invocation.Opened`` / ``Captured`` /
+``Lapsed`` and from refused ``invoke_final`` traces (``docs/trust.md``, "Compute").
+
 Scores are pushed into the search read model (``search_listings.trust_score`` of the
 device's listings, with a fresh ``seq`` so query processes pick the change up); the search
 projection reads ``trust_scores`` when it indexes a new listing. Either rebuilt alone ends
@@ -22,11 +25,12 @@ from typing import Any
 
 from domain.model.channel import Channel
 from domain.model.device import Device
+from domain.model.invocation import Invocation
 from domain.model.payout import PayoutDestination
 from domain.model.ports import Tx, ViewDB
 from domain.model.purchase import Purchase
 from domain.model.traces import Signal, Trace
-from domain.model.trust import UPTIME_BUCKET_MS, WINDOW_MS, Fact, Facts, PurchaseFact, score
+from domain.model.trust import UPTIME_BUCKET_MS, WINDOW_MS, Fact, Facts, PurchaseFact, SessionFact, score
 from projections.base import Projection
 
 SCORE_INTERVAL_MS = 60_000  # changed subjects are scored when the event clock enters a new minute
@@ -62,12 +66,13 @@ def device_score(tx: Tx | ViewDB, device_id: str) -> float | None:
 
 class TrustProjection(Projection):
     name = "trust"
-    version = 1
+    version = 2  # 2: compute sessions (trust_sessions)
     event_types = (Device.Enrolled, Device.KeyRotated, Trace.TraceRecorded, Signal.BehaviourSignal,
                    Purchase.Purchased, Purchase.TokenRedeemed, Purchase.Delivered, Purchase.TokenExpired,
-                   Purchase.TokenRevoked, Channel.Opened, PayoutDestination.Set, PayoutDestination.Changed)
+                   Purchase.TokenRevoked, Channel.Opened, PayoutDestination.Set, PayoutDestination.Changed,
+                   Invocation.Opened, Invocation.Captured, Invocation.Lapsed)
     tables = ("trust_devices", "trust_facts", "trust_purchases", "trust_identities", "trust_scores", "trust_clock",
-              "trust_dirty")
+              "trust_dirty", "trust_sessions")
 
     def ddl(self, dialect: str) -> list[str]:
         return [
@@ -84,6 +89,10 @@ class TrustProjection(Projection):
             " delivered_at_ms BIGINT, revoked BOOLEAN NOT NULL, expired_reason TEXT NOT NULL, outcome_ms BIGINT,"
             " refs TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS trust_purchases_device ON trust_purchases (device_id, outcome_ms)",
+            "CREATE TABLE IF NOT EXISTS trust_sessions (invocation_id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+            " buyer_account_id TEXT NOT NULL, budget_minor BIGINT NOT NULL, outcome TEXT NOT NULL,"
+            " countersigned BOOLEAN NOT NULL, outcome_ms BIGINT, refs TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS trust_sessions_device ON trust_sessions (device_id, outcome_ms)",
             "CREATE TABLE IF NOT EXISTS trust_identities (source_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
             " identity TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS trust_identities_account ON trust_identities (account_id)",
@@ -116,6 +125,10 @@ class TrustProjection(Projection):
     @process.register
     def _trace(self, event: Trace.TraceRecorded, tx: Tx, position: int) -> None:
         at_ms = ms_of(event)
+        if event.kind == "invoke_final" and event.effect == "refused":
+            body = event.envelope["credentialSubject"]["entry"]["body"]
+            self._session(tx, event, position, str(body.get("invocation_id")), "refused", reporter=event.device_id)
+            return
         if event.kind != "heartbeat":
             self._tick(tx, position, at_ms)
             return
@@ -179,6 +192,40 @@ class TrustProjection(Projection):
             self._identity(tx, f"{event.originator_id}:{event.originator_version}", row["account_id"],
                            f"payout:{event.stripe_account}")
         self._tick(tx, position, ms_of(event))
+
+    @process.register
+    def _invocation_opened(self, event: Invocation.Opened, tx: Tx, position: int) -> None:
+        tx.execute("INSERT INTO trust_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (invocation_id) DO NOTHING",
+                   (str(event.originator_id), event.seller_device_id, event.buyer_account_id, event.budget_minor,
+                    "", False, None, json.dumps([ref_of(event, position)])))
+        self._tick(tx, position, ms_of(event))
+
+    @process.register
+    def _invocation_captured(self, event: Invocation.Captured, tx: Tx, position: int) -> None:
+        self._session(tx, event, position, str(event.originator_id), "captured",
+                      countersigned=event.countersigned_minor > 0)
+
+    @process.register
+    def _invocation_lapsed(self, event: Invocation.Lapsed, tx: Tx, position: int) -> None:
+        self._session(tx, event, position, str(event.originator_id), "lapsed")
+
+    def _session(self, tx: Tx, event: Any, position: int, invocation_id: str, outcome: str, *,
+                 countersigned: bool = False, reporter: str | None = None) -> None:
+        """A session is decided once: by its capture (which wins over an earlier refused report
+        of it), else by the first refused final report or its lapse. A refused report counts
+        only when the session's own seller device sent it."""
+        row = tx.fetchone("SELECT device_id, outcome, refs FROM trust_sessions WHERE invocation_id = ?",
+                          (invocation_id,))
+        decided = row is not None and row["outcome"] != "" and not (outcome == "captured"
+                                                                    and row["outcome"] == "refused")
+        if row is None or decided or (reporter is not None and reporter != row["device_id"]):
+            self._tick(tx, position, ms_of(event))
+            return
+        tx.execute("UPDATE trust_sessions SET outcome = ?, countersigned = ?, outcome_ms = ?, refs = ?"
+                   " WHERE invocation_id = ?", (outcome, countersigned, ms_of(event),
+                                                json.dumps([*json.loads(row["refs"]), ref_of(event, position)]),
+                                                invocation_id))
+        self._after(tx, position, ms_of(event), row["device_id"])
 
     def _fact(self, tx: Tx, ref: str, device_id: str, kind: str, at_ms: int, *, code: str = "",
               signal_kind: str = "", fact_id: str | None = None) -> bool:
@@ -267,6 +314,7 @@ def load_facts(tx: Tx | ViewDB, device_ids: list[str], now_ms: int) -> Facts:
     key_since: dict[str, int] = {}
     facts: list[Fact] = []
     purchases: list[PurchaseFact] = []
+    sessions: list[SessionFact] = []
     account_id = ""
     for device_id in device_ids:
         d = tx.fetchone("SELECT * FROM trust_devices WHERE device_id = ?", (device_id,))
@@ -283,13 +331,17 @@ def load_facts(tx: Tx | ViewDB, device_ids: list[str], now_ms: int) -> Facts:
                                    tuple(json.loads(r["refs"])))
                       for r in tx.fetchall("SELECT * FROM trust_purchases WHERE device_id = ? AND outcome_ms >= ?"
                                            " ORDER BY purchase_id", (device_id, start_ms))]
-    accounts = sorted({account_id, *(p.buyer_account_id for p in purchases)})
+        sessions += [SessionFact(r["invocation_id"], r["buyer_account_id"], int(r["budget_minor"]), r["outcome"],
+                                 bool(r["countersigned"]), r["outcome_ms"], tuple(json.loads(r["refs"])))
+                     for r in tx.fetchall("SELECT * FROM trust_sessions WHERE device_id = ? AND outcome_ms >= ?"
+                                          " ORDER BY invocation_id", (device_id, start_ms))]
+    accounts = sorted({account_id, *(p.buyer_account_id for p in purchases), *(s.buyer_account_id for s in sessions)})
     identities: dict[str, set[str]] = {}
     for a in accounts:
         for r in tx.fetchall("SELECT identity FROM trust_identities WHERE account_id = ?", (a,)):
             identities.setdefault(a, set()).add(r["identity"])
     return Facts(account_id, enrolled, key_since, facts, purchases,
-                 {a: frozenset(ids) for a, ids in identities.items()})
+                 {a: frozenset(ids) for a, ids in identities.items()}, sessions)
 
 
 def _has_table(tx: Tx, table: str) -> bool:

@@ -35,7 +35,9 @@ VALUE_WEIGHT_MAX = 3.0
 REPLAY_SIGNAL_WEIGHT = 2.0  # a replayed message or token weighs twice an ordinary refusal
 SIGNAL_WEIGHT = 1.0
 LATE_DELIVERY_WEIGHT = 1.0
-WEIGHTS = {"delivery": 0.40, "uptime": 0.20, "keys": 0.15, "behaviour": 0.25, "compute": 0.0}
+# Sales and compute sessions are each a seller's work for buyers: delivery keeps the largest
+# share, compute takes 0.15 from uptime and behaviour (0.05 each) and delivery (0.05).
+WEIGHTS = {"delivery": 0.35, "uptime": 0.15, "keys": 0.15, "behaviour": 0.20, "compute": 0.15}
 SCORE_DIGITS = 6  # scores are rounded so every store and platform reads back the same number
 
 LINK_SAME_ACCOUNT = "same_account"
@@ -66,6 +68,23 @@ class PurchaseFact:
 
 
 @dataclass(frozen=True)
+class SessionFact:
+    """One compute session (an invocation) of the seller, as the log has it so far.
+
+    ``outcome`` is ``captured`` (its final receipt was captured), ``refused`` (its final report
+    was refused at intake), ``lapsed`` (no final report before the hub's report deadline) or
+    ``""`` while in flight; ``outcome_ms`` is the event time of the first of these."""
+
+    invocation_id: str
+    buyer_account_id: str
+    budget_minor: int
+    outcome: str = ""
+    countersigned: bool = False
+    outcome_ms: int | None = None
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Fact:
     """A dated fact about one device: a heartbeat hour, a key rotation or a behaviour signal."""
 
@@ -87,6 +106,7 @@ class Facts:
     facts: Sequence[Fact] = ()
     purchases: Sequence[PurchaseFact] = ()
     identities: Mapping[str, frozenset[str]] = field(default_factory=dict)  # account -> wallets, payout accounts
+    sessions: Sequence[SessionFact] = ()
 
 
 def beta(positive: float, negative: float) -> float:
@@ -125,8 +145,7 @@ def score(facts: Facts, as_of_ms: int) -> dict[str, Any]:
         "uptime": _uptime(facts, as_of_ms, sources),
         "keys": _keys(facts, as_of_ms, sources),
         "behaviour": _behaviour(facts, as_of_ms, periods, sources),
-        "compute": {"score": PRIOR, "positive": 0.0, "negative": 0.0,
-                    "note": "compute receipts are not on the hub yet (issue 12): zero weight"},
+        "compute": _compute(facts, as_of_ms, sources),
     }
     total = sum(WEIGHTS.values())
     value = sum(WEIGHTS[name] * c["score"] for name, c in components.items()) / total
@@ -161,11 +180,20 @@ def _delivery(facts: Facts, as_of_ms: int) -> tuple[dict[str, Any], int, set[str
         item["weight"] = value_weight(p.price_minor)
         by_buyer.setdefault(p.buyer_account_id, []).append(
             (p.outcome_ms or 0, item["weight"], 1.0 if status == "delivered" else 0.0))
+    positive, negative, delivered_periods = _buyer_evidence(by_buyer)
+    return ({"score": beta(positive, negative), "positive": round(positive, SCORE_DIGITS),
+             "negative": round(negative, SCORE_DIGITS), "buyers": len(by_buyer), "purchases": listed},
+            delivered_periods, sources)
+
+
+def _buyer_evidence(by_buyer: dict[str, list[tuple[int, float, float]]]) -> tuple[float, float, int]:
+    """The buyer rules shared by delivery and compute: 7-day periods per buyer, a buyer's share
+    capped. Returns positive and negative evidence and the number of periods with a success."""
     per_buyer = {b: _periods(outcomes) for b, outcomes in by_buyer.items()}
     totals = {b: sum(w for w, _ in ps) for b, ps in per_buyer.items()}
     grand = sum(totals.values())
     positive = negative = 0.0
-    delivered_periods = 0
+    good_periods = 0
     for buyer, ps in per_buyer.items():
         others = grand - totals[buyer]
         cap = max(BUYER_WEIGHT_FLOOR, BUYER_SHARE_MAX / (1.0 - BUYER_SHARE_MAX) * others)
@@ -173,10 +201,43 @@ def _delivery(facts: Facts, as_of_ms: int) -> tuple[dict[str, Any], int, set[str
         for weight, fraction in ps:
             positive += scale * weight * fraction
             negative += scale * weight * (1.0 - fraction)
-            delivered_periods += fraction > 0
-    return ({"score": beta(positive, negative), "positive": round(positive, SCORE_DIGITS),
-             "negative": round(negative, SCORE_DIGITS), "buyers": len(per_buyer), "purchases": listed},
-            delivered_periods, sources)
+            good_periods += fraction > 0
+    return positive, negative, good_periods
+
+
+def session_value(s: SessionFact) -> float | None:
+    """A decided session's positive fraction: 1 captured with the buyer's countersignature, 0
+    refused or lapsed; None when it does not count (in flight, or captured with no
+    countersignature: the buyer accepted nothing, the capture was capped at one call a slot)."""
+    if s.outcome == "captured":
+        return 1.0 if s.countersigned else None
+    if s.outcome in ("refused", "lapsed"):
+        return 0.0
+    return None
+
+
+def _compute(facts: Facts, as_of_ms: int, sources: set[str]) -> dict[str, Any]:
+    """Compute sessions decided inside the window, by the delivery rules: value weight of the
+    budget (the hold), linked buyers weigh zero, one buyer once per 7 days, a buyer's share capped."""
+    listed: list[dict[str, Any]] = []
+    by_buyer: dict[str, list[tuple[int, float, float]]] = {}
+    for s in sorted(facts.sessions, key=lambda s: (s.outcome_ms or 0, s.invocation_id)):
+        fraction = session_value(s)
+        if not s.outcome or not in_window(s.outcome_ms, as_of_ms):
+            continue
+        item = {"invocation_id": s.invocation_id, "buyer_account_id": s.buyer_account_id, "outcome": s.outcome,
+                "countersigned": s.countersigned, "at_ms": s.outcome_ms, "weight": 0.0, "reason": ""}
+        listed.append(item)
+        sources.update(s.refs)
+        reason = link_reason(facts.seller_account_id, s.buyer_account_id, facts.identities)
+        if reason or fraction is None:
+            item["reason"] = reason or "not_countersigned"
+            continue
+        item["weight"] = value_weight(s.budget_minor)
+        by_buyer.setdefault(s.buyer_account_id, []).append((s.outcome_ms or 0, item["weight"], fraction))
+    positive, negative, _ = _buyer_evidence(by_buyer)
+    return {"score": beta(positive, negative), "positive": round(positive, SCORE_DIGITS),
+            "negative": round(negative, SCORE_DIGITS), "buyers": len(by_buyer), "sessions": listed}
 
 
 def _periods(outcomes: list[tuple[int, float, float]]) -> list[tuple[float, float]]:
@@ -232,8 +293,9 @@ def _keys(facts: Facts, as_of_ms: int, sources: set[str]) -> dict[str, Any]:
 
 def signal_weight(f: Fact) -> tuple[float, str]:
     """What a behaviour signal costs the device, and why."""
-    if f.signal_kind == "refusal":
-        # The node reported refusing someone else's bound token: it did right; recorded only.
+    if f.signal_kind in ("refusal", "invoke_rejection"):
+        # The node reported refusing someone else's bound token, or rejecting a buyer's input
+        # in its safety pre-check: it did right (the signal is about the buyer); recorded only.
         return 0.0, "reported_by_node"
     if "replay" in f.code:
         return REPLAY_SIGNAL_WEIGHT, "replayed"

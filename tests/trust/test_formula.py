@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from domain.model import trust
-from domain.model.trust import DAY_MS, Fact, Facts, PurchaseFact, score
+from domain.model.trust import DAY_MS, Fact, Facts, PurchaseFact, SessionFact, score
 
 T0 = 1_800_000_000_000  # an arbitrary epoch ms
 
@@ -13,9 +13,15 @@ def delivered(pid: str, buyer: str, at_ms: int, price_minor: int = 1999) -> Purc
                         redeemed=True, delivered_at_ms=at_ms, outcome_ms=at_ms, refs=(f"1:Purchase.Delivered:{pid}:4",))
 
 
-def facts(purchases=(), extra=(), identities=None, enrolled_ms=None) -> Facts:
+def facts(purchases=(), extra=(), identities=None, enrolled_ms=None, sessions=()) -> Facts:
     enrolled = T0 - 40 * DAY_MS if enrolled_ms is None else enrolled_ms
-    return Facts("seller", {"dev": enrolled}, {"dev": enrolled}, tuple(extra), tuple(purchases), identities or {})
+    return Facts("seller", {"dev": enrolled}, {"dev": enrolled}, tuple(extra), tuple(purchases), identities or {},
+                 tuple(sessions))
+
+
+def session(iid: str, buyer: str, at_ms: int, outcome: str = "captured", countersigned: bool = True,
+            budget_minor: int = 1000) -> SessionFact:
+    return SessionFact(iid, buyer, budget_minor, outcome, countersigned, at_ms, (f"2:Invocation:{iid}:3",))
 
 
 def test_a_newcomer_gets_the_prior() -> None:
@@ -92,4 +98,37 @@ def test_uptime_keys_and_signals() -> None:
     reported = Fact("dev", "signal", T0 - DAY_MS, "7:Signal:n:1", code="token_replayed", signal_kind="refusal")
     behaviour = score(facts(extra=[replay, reported]), T0)["components"]["behaviour"]
     assert behaviour["negative"] == trust.REPLAY_SIGNAL_WEIGHT
-    assert score(facts(extra=[replay]), T0)["components"]["compute"]["weight"] == 0
+    assert score(facts(extra=[replay]), T0)["components"]["compute"]["weight"] == trust.WEIGHTS["compute"] > 0
+    rejected = Fact("dev", "signal", T0 - DAY_MS, "8:Signal:j:1", code="invoke_input_rejected",
+                    signal_kind="invoke_rejection")  # the node rejected a buyer's input: about the buyer
+    assert score(facts(extra=[rejected]), T0)["components"]["behaviour"]["negative"] == 0
+
+
+def test_compute_sessions_count_like_deliveries() -> None:
+    base = score(facts(), T0)["components"]["compute"]
+    assert (base["score"], base["weight"]) == (0.5, trust.WEIGHTS["compute"])
+    good = [session(f"g{i}", f"buyer{i}", T0 - i * DAY_MS) for i in range(4)]
+    up = score(facts(sessions=good), T0)
+    assert up["components"]["compute"]["score"] > 0.8 and up["score"] > score(facts(), T0)["score"]
+    assert "2:Invocation:g0:3" in up["sources"]
+    bad = [session("r", "buyer9", T0 - DAY_MS, "refused"), session("l", "buyer8", T0 - DAY_MS, "lapsed")]
+    down = score(facts(sessions=bad), T0)["components"]["compute"]
+    assert down["score"] < 0.5 and down["negative"] == 2 * trust.BUYER_WEIGHT_FLOOR  # two buyers, capped alike
+    # neither way: in flight, captured with no countersignature, older than 30 days, self-dealt
+    neutral = [session("o", "buyer1", T0 - DAY_MS, ""), session("n", "buyer2", T0 - DAY_MS, countersigned=False),
+               session("x", "buyer3", T0 - 31 * DAY_MS, "lapsed"), session("s", "seller", T0 - DAY_MS)]
+    result = score(facts(sessions=neutral), T0)["components"]["compute"]
+    assert result["score"] == 0.5
+    assert {s["invocation_id"]: s["reason"] for s in result["sessions"]} == {"n": "not_countersigned",
+                                                                             "s": "same_account"}
+
+
+def test_one_buyers_many_sessions_count_once_per_7_days() -> None:
+    many = [session(f"m{i}", "buyer", T0 - i * 3600_000) for i in range(50)]
+    one = [session("m0", "buyer", T0)]
+    assert score(facts(sessions=many), T0)["components"]["compute"]["positive"] == \
+        score(facts(sessions=one), T0)["components"]["compute"]["positive"]
+
+
+def test_the_weights_sum_to_one() -> None:
+    assert round(sum(trust.WEIGHTS.values()), 9) == 1.0
