@@ -102,11 +102,8 @@ class Checker:
         self.checked = 0
         self.failures: list[Failure] = []
         self._pool: Any = None
+        self.pooled = False  # whether the pool was used
         self._pending: deque[Any] = deque()
-
-    @property
-    def pooled(self) -> bool:
-        return self._pool is not None
 
     def add(self, job: Job) -> None:
         self.batch.append(job)
@@ -120,6 +117,7 @@ class Checker:
             return
         if self._pool is None and self.workers > 1 and self.seen >= self.pool_after_jobs:
             self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            self.pooled = True
         if self._pool is None:
             self._collect(check_batch(batch))
             return
