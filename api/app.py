@@ -42,6 +42,7 @@ from api.logging import request_line
 from api.openapi import body_rule, build_spec
 from api.resources import audit, catalogue, devices, identity, metrics, money, purchases, system
 from api.resources.audit_trail import routes as audit_trail_routes
+from api.resources.stats import routes as observability_routes
 from api.resources.traces import Traces
 from api.resources.trust import Trust
 from api.tracing import HEADER as TRACEPARENT
@@ -221,6 +222,7 @@ def route_table(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/categories", catalogue.Categories(views)),
         *money_routes(runtime),
         *purchase_routes(runtime),
+        *observability_routes(market),
     ]
 
 

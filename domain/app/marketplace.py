@@ -30,6 +30,7 @@ from domain.app.purchases import PurchaseConfig, PurchaseService
 from domain.app.refunds import RefundService
 from domain.app.settlement import SettlementService
 from domain.app.traces import TraceService
+from domain.app.transactions import TransactionService
 from domain.model.account import Account
 from domain.model.base import MarketAggregate, Meta
 from domain.model.channel import Channel
@@ -89,6 +90,7 @@ class Marketplace(FastSaveApplication):
         self.refunds = RefundService(self)
         self.traces = TraceService(self)
         self.purchases = PurchaseService(self, purchase_config)
+        self.transactions = TransactionService(self)  # read only: a transaction's trace
 
     def now_s(self) -> int:
         return int(self.clock().timestamp())

@@ -1107,3 +1107,11 @@ class InvocationChannelExpiring(InvalidState):
 
     code = "invocation_channel_expiring"
     title = "Channel expires too soon for a session"
+
+
+class LiveStreamsExhausted(Unavailable):
+    """Raised when a web worker already serves its maximum of live event streams
+    (``GET /v1/stats/live``): the client retries later or on another worker."""
+
+    code = "live_streams_exhausted"
+    title = "Too many live streams on this worker"

@@ -96,6 +96,10 @@ MATRIX: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/v1/purchases"): BUYERS_OWN,
     ("GET", "/v1/purchases"): row(ALLOW, ALLOW, ALLOW, F, ALL, U),
     ("GET", "/v1/purchases/{purchase_id}"): row(ALLOW, PURCHASE_NOT_FOUND, PURCHASE_NOT_FOUND, F, ALL, U),
+    # the owner's purchase's path (its seller is the vendor); recent transactions: each account its own
+    ("GET", "/v1/transactions/{transaction_id}/trace"): row(ALLOW, PURCHASE_NOT_FOUND, PURCHASE_NOT_FOUND, F, ALL,
+                                                            U),
+    ("GET", "/v1/stats/live"): row(ALLOW, ALLOW, ALLOW, F, ALL, U),
     # -- the owner's device and listings ---------------------------------------------------------
     # the owner device's own signed credential, replayed by another device
     ("POST", "/v1/listings"): row(ALLOW, F, F, (403, "foreign_device"), F, U),

@@ -367,6 +367,10 @@ REQUESTS: dict[tuple[str, str], Callable[[World, str], Request]] = {
     ("GET", "/v1/purchases"): lambda w, a: Request("/v1/purchases", owner_sees=w.objects["purchase"]),
     ("GET", "/v1/purchases/{purchase_id}"): lambda w, a: Request(f"/v1/purchases/{w.objects['purchase']}",
                                                                  owner_sees=w.objects["delivery_token"]),
+    ("GET", "/v1/transactions/{transaction_id}/trace"): lambda w, a: Request(
+        f"/v1/transactions/{w.objects['purchase']}/trace", owner_sees=w.objects["purchase"]),
+    ("GET", "/v1/stats/live"): lambda w, a: Request("/v1/stats/live", params={"after": "0"},
+                                                    owner_sees=w.objects["purchase"]),
     ("POST", "/v1/listings"): _publish,
     ("PUT", "/v1/listings/{listing_id}"): _update,
     ("POST", "/v1/traces"): _trace,
