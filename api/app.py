@@ -40,7 +40,7 @@ from api.http import (
 from api.jsonbytes import json_bytes
 from api.logging import request_line
 from api.openapi import body_rule, build_spec
-from api.resources import audit, catalogue, devices, identity, metrics, money, purchases, system
+from api.resources import audit, catalogue, devices, identity, invocations, metrics, money, purchases, system
 from api.resources.audit_trail import routes as audit_trail_routes
 from api.resources.stats import routes as observability_routes
 from api.resources.traces import Traces
@@ -248,6 +248,8 @@ def purchase_routes(runtime: HubRuntime) -> list[tuple[str, object]]:
         ("/v1/purchases", purchases.Purchases(runtime.debit_batcher, runtime.views)),
         ("/v1/purchases/{purchase_id}", purchases.Purchase(market)),
         ("/v1/purchases/{purchase_id}/revoke", purchases.Revoke(market)),
+        ("/v1/invocations", invocations.Invocations(market)),
+        ("/v1/invocations/{invocation_id}", invocations.Invocation(market)),
     ]
 
 

@@ -114,6 +114,8 @@ ROUTES: dict[tuple[str, str], Need] = {
     ("GET", "/v1/purchases"): Need(ACCOUNT),
     ("GET", "/v1/purchases/{purchase_id}"): Need(ACCOUNT),
     ("POST", "/v1/purchases/{purchase_id}/revoke"): Need(ACCOUNT, ("seller", "admin")),
+    ("POST", "/v1/invocations"): BUYER,
+    ("GET", "/v1/invocations/{invocation_id}"): Need(ACCOUNT),  # buyer, seller, auditor, admin (the service)
     # api/resources/transactions.py: its buyer, its seller, auditors and admins (others: 404)
     ("GET", "/v1/transactions/{transaction_id}/trace"): Need(ACCOUNT),
     # api/resources/stats.py: an account's own transactions; auditors and admins every one

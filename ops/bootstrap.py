@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.app.debit_batcher import DebitBatcher
+from domain.app.invocations import InvocationConfig
 from domain.app.marketplace import Marketplace, utcnow
 from domain.app.money import MoneyConfig
 from domain.app.purchases import PurchaseConfig
@@ -174,6 +175,9 @@ def build_runtime(settings: Settings, *, clock: Callable[[], datetime] = utcnow)
             money_config=money_config(settings), chain=chain, cards=card_gateway(settings),
             purchase_config=PurchaseConfig(start_window_s=settings.delivery_start_s,
                                            transfer_window_s=settings.delivery_transfer_s),
+            invocation_config=InvocationConfig(start_window_s=min(settings.invoke_start_s, settings.invoke_session_s),
+                                               session_s=settings.invoke_session_s,
+                                               report_grace_s=settings.invoke_report_grace_s),
         )
         runtime = Runtime(settings=settings, market=market, views=views, nonces=nonces, chain=chain,
                           debit_batcher=build_debit_batcher(settings, market),

@@ -66,6 +66,10 @@ class Settings:
     # -- purchases (issue 11): a delivery token's deadlines, counted from the purchase ----------
     delivery_start_s: int = 15 * 60  # the first byte by then (the token's start_by)
     delivery_transfer_s: int = 24 * 3600  # the whole transfer by then (the token's exp)
+    # -- invocations (issue 12): an invoke token's deadlines, counted from the open -------------
+    invoke_start_s: int = 15 * 60  # the first connection by then (the token's start_by)
+    invoke_session_s: int = 3600  # no call after this (the token's exp)
+    invoke_report_grace_s: int = 86400  # the hold lapses this long after exp without a final report
 
     @property
     def embedded(self) -> bool:
@@ -262,4 +266,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         debit_batch_ms=_float(env, "AIMARKET_DEBIT_BATCH_MS", 2.0, low=0, high=1000),
         delivery_start_s=delivery_start_s,
         delivery_transfer_s=delivery_transfer_s,
+        invoke_start_s=_int(env, "AIMARKET_INVOKE_START_S", 15 * 60, low=1, high=7 * 86400),
+        invoke_session_s=_int(env, "AIMARKET_INVOKE_SESSION_S", 3600, low=60, high=7 * 86400),
+        invoke_report_grace_s=_int(env, "AIMARKET_INVOKE_REPORT_GRACE_S", 86400, low=0, high=30 * 86400),
     )

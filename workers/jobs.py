@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 import structlog
 
-from workers import payouts, purchases, refunds, settlement, settlement_reconcile
+from workers import invocations, payouts, purchases, refunds, settlement, settlement_reconcile
 from workers.cron import Schedule
 from workers.runtime import RuntimeMiddleware, WorkerRuntime, retry_rule
 
@@ -27,6 +27,7 @@ PAYOUT_SWEEP_EVERY_S = 3600
 REFUND_SWEEP_EVERY_S = 600
 RECONCILE_EVERY_S = 600  # ledger vs contract for every closing or settled chain channel
 TOKEN_SWEEP_EVERY_S = 60  # delivery tokens: start deadlines are minutes long
+INVOCATION_SWEEP_EVERY_S = 60  # metered sessions whose hold outlived the report grace
 
 
 class Jobs:
@@ -62,6 +63,8 @@ class Jobs:
                                            "reconcile_settlements", settlement.SETTLE_QUEUE, 3)
         self.sweep_purchase_tokens = actor(lambda: purchases.sweep_purchase_tokens(rt()), "sweep_purchase_tokens",
                                            "maintenance", 3)
+        self.sweep_invocations = actor(lambda: invocations.sweep_invocations(rt()), "sweep_invocations",
+                                       "maintenance", 3)
 
 
 def _sweep_nonces(runtime: WorkerRuntime) -> None:
@@ -76,4 +79,5 @@ def schedules(jobs: Jobs) -> list[Schedule]:
             Schedule("sweep_payouts", PAYOUT_SWEEP_EVERY_S, jobs.sweep_payouts.send),
             Schedule("sweep_refunds", REFUND_SWEEP_EVERY_S, jobs.sweep_refunds.send),
             Schedule("reconcile_settlements", RECONCILE_EVERY_S, jobs.reconcile_settlements.send),
-            Schedule("sweep_purchase_tokens", TOKEN_SWEEP_EVERY_S, jobs.sweep_purchase_tokens.send)]
+            Schedule("sweep_purchase_tokens", TOKEN_SWEEP_EVERY_S, jobs.sweep_purchase_tokens.send),
+            Schedule("sweep_invocations", INVOCATION_SWEEP_EVERY_S, jobs.sweep_invocations.send)]

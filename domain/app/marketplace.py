@@ -24,13 +24,13 @@ from domain.app.catalogue import CatalogueService
 from domain.app.devices import DeviceService
 from domain.app.eventsourcing_ext import FastSaveApplication
 from domain.app.identity import IdentityService
+from domain.app.invocations import InvocationConfig, InvocationService
 from domain.app.money import MoneyConfig, MoneyService
 from domain.app.payouts import PayoutService
 from domain.app.purchases import PurchaseConfig, PurchaseService
 from domain.app.refunds import RefundService
 from domain.app.settlement import SettlementService
 from domain.app.traces import TraceService
-from domain.app.transactions import TransactionService
 from domain.model.account import Account
 from domain.model.base import MarketAggregate, Meta
 from domain.model.channel import Channel
@@ -58,7 +58,7 @@ class Marketplace(FastSaveApplication):
     """The single writer of the event log, composed of one service per area.
 
     ``market.identity``, ``.devices``, ``.catalogue``, ``.money``, ``.payouts``,
-    ``.settlement``, ``.refunds``, ``.purchases`` and ``.traces`` hold the commands; this class holds
+    ``.settlement``, ``.refunds``, ``.purchases``, ``.invocations`` and ``.traces`` hold the commands; this class holds
     what they share: loading, saving, the retry rule for lost races, the clock and the platform keyring.
     """
 
@@ -73,7 +73,7 @@ class Marketplace(FastSaveApplication):
         nonces: NonceStore, clock: Callable[[], datetime] = utcnow, bcrypt_rounds: int = 12,
         session_ttl_s: int = 3600, money_config: MoneyConfig | None = None,
         chain: Callable[[], ChainChannels] | None = None, cards: CardGateway | None = None,
-        purchase_config: PurchaseConfig | None = None,
+        purchase_config: PurchaseConfig | None = None, invocation_config: InvocationConfig | None = None,
     ) -> None:
         super().__init__(env)
         self.secrets = secrets
@@ -90,7 +90,7 @@ class Marketplace(FastSaveApplication):
         self.refunds = RefundService(self)
         self.traces = TraceService(self)
         self.purchases = PurchaseService(self, purchase_config)
-        self.transactions = TransactionService(self)  # read only: a transaction's trace
+        self.invocations = InvocationService(self, invocation_config)
 
     def now_s(self) -> int:
         return int(self.clock().timestamp())
