@@ -31,6 +31,7 @@ from domain.app.purchases import PurchaseConfig, PurchaseService
 from domain.app.refunds import RefundService
 from domain.app.settlement import SettlementService
 from domain.app.traces import TraceService
+from domain.app.transactions import TransactionService
 from domain.model.account import Account
 from domain.model.base import MarketAggregate, Meta
 from domain.model.channel import Channel
@@ -91,6 +92,7 @@ class Marketplace(FastSaveApplication):
         self.traces = TraceService(self)
         self.purchases = PurchaseService(self, purchase_config)
         self.invocations = InvocationService(self, invocation_config)
+        self.transactions = TransactionService(self)  # read only: a transaction's trace
 
     def now_s(self) -> int:
         return int(self.clock().timestamp())
