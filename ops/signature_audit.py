@@ -224,7 +224,11 @@ def _listing(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
     if owner is None or not isinstance(kid, str):
         audit.fail(position, topic, "listing signature", "no published listing or no signing key recorded")
         return
-    device_id = audit.device_of_kid.get(kid, "?")
+    device_id = audit.device_of_kid.get(kid)
+    if device_id is None:
+        audit.fail(position, topic, "listing signature", f"signed by key {kid}, which no enrolled device holds "
+                   "(no Device.Enrolled or KeyRotated with it before this event)")
+        return
     if kind == "Published" and device_id != owner[1]:
         audit.fail(position, topic, "listing signature", f"signed by key {kid}, not a key of device {owner[1]}")
         return

@@ -20,13 +20,13 @@ from domain.model.keys import SigningKey
 from domain.model.listing import Listing, listing_id_for
 from domain.model.principal import Principal
 from node.publishing import publish_credential, update_credential
+from tests.catalogue.helpers import listing
 from tests.helpers import auth, device_jwt, rotation_body
 from tests.purchases.model_helpers import Sale
 from tests.traces.helpers import SimNode, enrolled_node
 
 META = {"actor": "device:test", "correlation_id": "req-s", "causation_id": ""}
-OFFER = {"title": "Patient admissions 2025", "content_hash": "sha256-" + "A" * 43, "price_minor": 1999,
-         "currency": "USD"}
+OFFER = listing("Patient admissions 2025")
 
 
 @dataclass
@@ -39,16 +39,21 @@ class SignedWorld:
     positions: dict[str, int]  # topic (short) -> position of its first event
 
 
-def _listing_event(market: Any, device_id: str, account_id: str, key: SigningKey) -> uuid.UUID:
-    """Publish and update a listing as the catalogue does, keeping the proof value in the event."""
-    credential = publish_credential(key, dict(OFFER), listing_key="lk-1")
-    listing_id = listing_id_for(device_id, "lk-1")
-    offer = {k: v for k, v in OFFER.items() if k not in ("price_minor", "currency")}
-    listing = Listing(id=listing_id, meta=META, account_id=account_id, device_id=device_id, listing_key="lk-1",
-                      metadata=offer, price_minor=1999, currency="USD", proof=_proof(credential, key))
-    updated = update_credential(key, str(listing_id), {**OFFER, "title": "Patient admissions 2025 (v2)"})
-    listing.update(META, account_id=account_id, metadata={**offer, "title": "Patient admissions 2025 (v2)"},
-                   price_minor=1999, currency="USD", proof=_proof(updated, key))
+def listing_events(market: Any, device_id: str, account_id: str, key: SigningKey, offer: dict[str, Any] | None = None,
+                   listing_key: str = "lk-1") -> uuid.UUID:
+    """Publish and update a listing as the catalogue does, keeping the proof value in the events
+    (the update adds " (v2)" to the title)."""
+    offer = dict(offer or OFFER)
+    credential = publish_credential(key, offer, listing_key=listing_key)
+    listing_id = listing_id_for(device_id, listing_key)
+    metadata = {k: v for k, v in offer.items() if k not in ("price_minor", "currency")}
+    listing = Listing(id=listing_id, meta=META, account_id=account_id, device_id=device_id, listing_key=listing_key,
+                      metadata=metadata, price_minor=offer["price_minor"], currency=offer["currency"],
+                      proof=_proof(credential, key))
+    title = f"{offer['title']} (v2)"
+    updated = update_credential(key, str(listing_id), {**offer, "title": title})
+    listing.update(META, account_id=account_id, metadata={**metadata, "title": title},
+                   price_minor=offer["price_minor"], currency=offer["currency"], proof=_proof(updated, key))
     market.save(listing)
     return listing_id
 
@@ -72,7 +77,7 @@ def build_signed(runtime: Any) -> SignedWorld:
     assert r.status_code == 201, r.json
     seller.key = new
     account_id = market.devices.device(seller.device_id).account_id
-    listing_id = _listing_event(market, seller.device_id, account_id, new)
+    listing_id = listing_events(market, seller.device_id, account_id, new)
     hub_key = SigningKey.from_seed(bytes(market.secrets.signing_key("signing-1")))
     sale = Sale(hub_key=hub_key, device_key=new, device_id=seller.device_id)
     market.save(sale.purchase())

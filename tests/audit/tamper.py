@@ -95,6 +95,21 @@ class Tamper:
             c.execute(update, (*a, second))
             c.execute(update, (*b, first))
 
+    def leaves(self) -> list[tuple[int, int]]:
+        """(leaf index, log position) of every stored audit-tree leaf (PostgreSQL: the same schema)."""
+        with self._conn() as c:
+            return [(int(r[0]), int(r[1])) for r in c.execute(
+                "SELECT leaf_index, position FROM audit_tree_leaves ORDER BY leaf_index").fetchall()]
+
+    def set_leaf(self, leaf_index: int, leaf_hash: bytes) -> None:
+        with self._conn() as c:
+            c.execute(self._q("UPDATE audit_tree_leaves SET leaf_hash = ? WHERE leaf_index = ?"), (leaf_hash, leaf_index))
+
+    def set_head(self, tree_size: int, root_hash: bytes, note: str) -> None:
+        with self._conn() as c:
+            c.execute(self._q("UPDATE audit_tree_heads SET root_hash = ?, note = ? WHERE tree_size = ?"),
+                      (root_hash, note, tree_size))
+
     def snapshot_state(self, originator_id: uuid.UUID) -> tuple[int, bytes]:
         value = originator_id if self.pg else originator_id.hex
         with self._conn() as c:
