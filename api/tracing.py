@@ -17,8 +17,9 @@ id's 32 hex digits. ``POST /v1/purchases`` knows its purchase id before anything
 trace_context.py``). The caller's own trace, when it differs, is kept in the events' meta as
 ``trace_link``, so a buyer can still find the purchase from its own trace.
 
-``event_meta`` is what ``api.http.meta`` adds to every event: ``traceparent`` (and
-``trace_link``).
+``event_meta`` is what ``api.http.meta`` adds to every event: ``traceparent`` (the hub's span
+that recorded it), ``parent_span_id`` (the caller's span, when it sent one on the same trace)
+and ``trace_link``.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def event_meta(req: falcon.Request, who: Principal | None) -> dict[str, str]:
     if transaction is not None:
         trace = req.context.trace = rerooted(trace, transaction)
     extra = {"traceparent": trace.traceparent}
+    if trace.parent_id:
+        extra["parent_span_id"] = trace.parent_id  # the caller's span (the node's, on a trace batch)
     if trace.link:
         extra["trace_link"] = trace.link
     return extra

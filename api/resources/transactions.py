@@ -26,7 +26,8 @@ STEP = open_obj(step={"type": "string", "enum": ["purchased", "redeemed", "recei
                                                   "expired", "revoked"]},
                 event={"type": "string"}, position=NULLABLE_INT, version={"type": "integer"},
                 at={"type": "string"}, at_ms={"type": "integer"}, traceparent={"type": ["string", "null"]},
-                span_id={"type": ["string", "null"]}, trace_link={"type": ["string", "null"]},
+                span_id={"type": ["string", "null"]}, parent_span_id={"type": ["string", "null"]},
+                trace_link={"type": ["string", "null"]},
                 actor={"type": ["string", "null"]}, correlation_id={"type": ["string", "null"]},
                 reported_by={"type": ["object", "null"]}, details={"type": "object"})
 TRACE = open_obj(transaction_id={"type": "string"}, kind={"type": "string", "enum": ["purchase"]},

@@ -3,8 +3,9 @@
 A transaction is a purchase (compute invocations join when the hub records them). Its trace is
 read from the log, not from a read model, so it is exact as soon as an event commits: every
 event of the ``Purchase`` aggregate, in order, each with its log position, the time the hub
-recorded it, the ``traceparent`` it came with (``api.tracing``: the purchase's trace-id is its
-id, ADR 0007), the actor and request id, and for the facts a node reported (redemption,
+recorded it, the ``traceparent`` of the hub's span that recorded it and the caller's span
+(``parent_span_id``: the node's, for what a node reported; ``api.tracing``: the purchase's
+trace-id is its id, ADR 0007), the actor and request id, and for the facts a node reported (redemption,
 receipts, confirmations) the ``Trace`` that carried them: it is saved in the same transaction
 just before them (``domain.app.traces``), so it is found among the few positions below.
 
@@ -76,6 +77,7 @@ class TransactionService(Service):
             "step": name, "event": type(event).__qualname__, "position": position,
             "version": event.originator_version, "at": event.timestamp.isoformat(), "at_ms": at_ms,
             "traceparent": traceparent, "span_id": traceparent.split("-")[2] if traceparent else None,
+            "parent_span_id": meta.get("parent_span_id"),
             "trace_link": meta.get("trace_link"), "actor": meta.get("actor"),
             "correlation_id": meta.get("correlation_id"),
             "reported_by": self._reporter(position, meta.get("correlation_id")) if name in (
