@@ -90,23 +90,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
-    """Rebuild each projection from position 0. The audit tree re-verifies its stored leaves
-    instead: on an edited log it refuses at the first edited position (reported, exit 1)
-    and the other projections are still rebuilt."""
+    """Rebuild every projection from position 0 into a scratch store and compare it with the
+    live read models table by table (``ops.audit_replay``); ``--in-place`` rebuilds the live
+    ones instead (what repairs a read model). Exit 0 only when everything is equal."""
+    from ops.audit_replay import rebuild_in_place, replay
+    from projections.health import projection_names
+
+    if args.projection and args.projection not in projection_names():
+        print(f"error: no projection {args.projection!r} (known: {', '.join(projection_names())})", file=sys.stderr)
+        return 2
     runtime = _runtime()
-    refused = False
     try:
-        for runner in runtime.runners():
-            if args.projection and runner.projection.name != args.projection:
-                continue
-            try:
-                print(f"{runner.projection.name}: rebuilt from 0, {runner.rebuild()} events")
-            except MarketError as exc:
-                refused = True
-                print(f"{runner.projection.name}: refused [{exc.code}]: {exc.detail}")
+        if args.in_place:
+            return rebuild_in_place(runtime, args.projection)
+        return replay(runtime, only=args.projection, keep=args.keep, file=args.file,
+                      note=lambda line: print(line, file=sys.stderr))
     finally:
         runtime.close()
-    return 1 if refused else 0
 
 
 def cmd_audit_check_credential(args: argparse.Namespace) -> int:
@@ -226,8 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also check every chain channel's ledger against the contract (settled <=> settled, "
                              "same amounts paid)")
     verify.set_defaults(func=cmd_audit_verify)
-    replay = audit.add_parser("replay", help="rebuild read models from position 0")
+    replay = audit.add_parser("replay", help="rebuild every read model from position 0 into a scratch store and "
+                              "compare it with the live one, table by table (exit 0 only when all are equal)")
     replay.add_argument("--projection", help="only this projection")
+    replay.add_argument("--keep", action="store_true", help="keep the scratch schema (or file) for inspection")
+    replay.add_argument("--file", metavar="EXPORT.jsonl", help="replay an export of 'aimarket audit export' instead "
+                        "of the event store")
+    replay.add_argument("--in-place", action="store_true", help="rebuild the live read models instead (repairs them; "
+                        "no comparison)")
     replay.set_defaults(func=cmd_audit_replay)
     _credential_parsers(audit)
     audit_trail_parsers(audit, _runtime)

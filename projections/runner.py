@@ -146,10 +146,11 @@ class ProjectionRunner:
         self._advanced_at = time.monotonic()
         return len(notifications)
 
-    def catch_up(self) -> int:
-        """Process until no events are left; return the number processed."""
+    def catch_up(self, stop: int | None = None) -> int:
+        """Process until no events are left (up to position ``stop`` when given, so that a
+        replay ends exactly where a live projection stood); return the number processed."""
         total = 0
-        while (n := self.process_batch()) > 0:
+        while (n := self._batch(stop)) > 0:
             total += n
         return total
 
