@@ -10,7 +10,9 @@ from its last ``{seq, entry_hash}`` and notice a gap or an edit::
 (``domain.model.envelope.entry_hash``: the hub computes the same). Kinds: ``redemption`` (a
 token bound), ``receipt``, ``confirmation``, ``refusal`` (a bound token tried by another key or
 past its limits), written by the delivery server and the buyer; ``heartbeat`` (``aim-node
-serve``, periodically).
+serve``, periodically); ``invoke_bound``, ``invoke_final``, ``invoke_rejection``, moved here by
+the compute server (``aim-node compute serve``, ``node/compute/store.py``), another process on
+the same file: one chain per device.
 
 Delivery is at-least-once and in order (:meth:`Outbox.deliver_batches`; ``node/delivery/uplink.py``
 sends to the hub). What a failure does to the first entry not taken:

@@ -1,5 +1,9 @@
 """The node's uplink: the outbox delivered to the hub as signed traces, heartbeats, hub keys kept fresh.
 
+The outbox is the node's one file: the delivery server's entries and the compute server's
+(``invoke_*``, appended by ``aim-node compute serve`` from another process) go out in one
+chain, so a compute session reaches the hub only while ``aim-node serve`` runs.
+
 :class:`Uplink` wraps each due outbox entry in a fresh envelope (``domain.model.envelope``: the
 device key signs, a new 128-bit nonce and the send time each attempt) and POSTs batches to
 ``/v1/traces`` under a fresh device token. The hub's answer decides, per entry
