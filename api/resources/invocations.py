@@ -29,7 +29,8 @@ OPEN = obj(["listing_id", "channel_id", "budget_minor", "buyer_jkt"], listing_id
            buyer_jkt={**JKT, "description": "RFC 7638 thumbprint of the buyer's Ed25519 key (the token's cnf)"},
            max_concurrency={"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY,
                             "description": "calls that may run at once (default 1)"},
-           listing_version={"type": "integer", "minimum": 1, "description": "refuse if the listing moved on"},
+           listing_version={"type": "integer", "minimum": 1, "maximum": 2**31,
+                            "description": "refuse if the listing moved on"},
            max_call_units={"type": "integer", "minimum": 1, "maximum": 2**31,
                            "description": "the most units one call may count (the asset's max_units_per_call); "
                                           "required for rows and tokens"})

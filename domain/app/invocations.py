@@ -261,6 +261,7 @@ class InvocationService(Service):
             return ()
         channel.capture_hold(meta, invocation_id=str(invocation.id), amount_minor=split.captured_minor,
                              seller_account_id=invocation.seller_account_id, now_s=self.now_s())
+        channel.settle_after_holds(meta)  # the buyer closed while the session ran: it settles now
         channel.check_invariants()
         return invocation, channel
 
@@ -290,6 +291,7 @@ class InvocationService(Service):
                 return False
             channel = self.market.money.channel(invocation.channel_id)
             channel.release_hold(meta, invocation_id=str(invocation.id), now_s=self.now_s())
+            channel.settle_after_holds(meta)
             channel.check_invariants()
             self.save(channel, invocation)
             return True

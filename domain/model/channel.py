@@ -27,7 +27,8 @@ what goes back to the available balance), then, when something is captured, the 
 ``Debited`` (purpose ``invoke``, key ``invoke:<invocation id>``, the fee by ``debit_fee`` as a
 sale's), so settlement, balances, the ledger and payouts see a capture as any debit. A hold
 holds no money in the ledger (no postings). ``release_hold`` ends a lapsed one. A channel with
-open holds does not settle (``channel_holds_open``). On a chain channel a capture is charged
+open holds may close (no new debits or holds) but does not settle until its last hold ends
+(``settle_after_holds``; chain settlement is refused meanwhile, ``channel_holds_open``). On a chain channel a capture is charged
 without a voucher, so a hold must also fit the unsigned allowance's headroom
 (``spent + held - voucher <= unsigned_allowance_minor``).
 
@@ -44,7 +45,6 @@ from eventsourcing.domain import event
 
 from domain.model.base import MarketAggregate
 from domain.model.errors import (
-    ChannelHoldsOpen,
     IdempotencyKeyReused,
     InsufficientFunds,
     InvalidInput,
@@ -438,19 +438,33 @@ class Channel(MarketAggregate):
                 "seller_reversed": reversed_, "fee_reversed_minor": self.fee_minor - fee,
                 "refund_minor": self.deposit_minor - cumulative}
 
-    def settle(self, meta: dict, *, settlement_ref: str) -> None:
-        """Record the settlement (confirmed on chain, or internal for card) and the refund."""
+    def settle(self, meta: dict, *, settlement_ref: str) -> bool:
+        """Record the settlement (confirmed on chain, or internal for card) and the refund.
+
+        True when it settled now; False when already settled, or while holds are open: a
+        capture still to come changes the split, so the settlement waits for the last hold
+        to end (``settle_after_holds``). Chain settlement is refused before that
+        (``SettlementService.request_settlement``: ``channel_holds_open``).
+        """
         if self.status == "settled":
-            return
+            return False
         if self.status != "closing":
             raise InvalidState("close the channel before settling it")
         if self.holds:
-            raise ChannelHoldsOpen(f"{len(self.holds)} metered sessions hold {self.held_minor} minor units; "
-                                   "the channel settles once they are captured or lapse", param="channel_id")
+            return False
         split = self.settlement_split()
         self._settled(meta=meta, settlement_ref=settlement_ref, **split)
         if split["refund_minor"]:
             self._refunded(meta=meta, amount_minor=split["refund_minor"], refund_ref=settlement_ref)
+        return True
+
+    def settle_after_holds(self, meta: dict) -> bool:
+        """Settle a closing channel whose last hold just ended, if it settles internally (card,
+        or chain with nothing signed, as a close does); a chain channel with a voucher is
+        left to the settlement sweep. True if it settled."""
+        if self.status != "closing" or self.holds or (self.rail == "chain" and self.voucher_minor):
+            return False
+        return self.settle(meta, settlement_ref="internal")
 
     @event("Settled")
     def _settled(

@@ -41,6 +41,7 @@ SELF = row(ALLOW, ALLOW, ALLOW, F, ALLOW, U)  # an account's own data (session),
 SELF_RECENT = SELF
 CHANNEL_NOT_FOUND = (404, "not_found")
 PURCHASE_NOT_FOUND = (404, "purchase_not_found")
+INVOCATION_NOT_FOUND = (404, "invocation_not_found")
 BUYERS_OWN = row(ALLOW, CHANNEL_NOT_FOUND, F, F, CHANNEL_NOT_FOUND, U)  # the owner's channel as the target
 
 # In run order: reads first, then writes, then what destroys an object the rows above use.
@@ -96,6 +97,9 @@ MATRIX: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/v1/purchases"): BUYERS_OWN,
     ("GET", "/v1/purchases"): row(ALLOW, ALLOW, ALLOW, F, ALL, U),
     ("GET", "/v1/purchases/{purchase_id}"): row(ALLOW, PURCHASE_NOT_FOUND, PURCHASE_NOT_FOUND, F, ALL, U),
+    # -- invocations: the owner's channel holds; the owner's session is read -----------------------
+    ("POST", "/v1/invocations"): BUYERS_OWN,
+    ("GET", "/v1/invocations/{invocation_id}"): row(ALLOW, INVOCATION_NOT_FOUND, INVOCATION_NOT_FOUND, F, ALL, U),
     # the owner's purchase's path (its seller is the vendor); recent transactions: each account its own
     ("GET", "/v1/transactions/{transaction_id}/trace"): row(ALLOW, PURCHASE_NOT_FOUND, PURCHASE_NOT_FOUND, F, ALL,
                                                             U),

@@ -132,6 +132,25 @@ def buy(client: Any, buyer: Party, listing_id: str, channel_id: str) -> dict[str
     return r.json
 
 
+def publish_compute(client: Any, p: Party, title: str) -> str:
+    item = listing(title, price_minor=7, kind="pipeline", metering_unit="calls", framework="python")
+    r = client.simulate_post("/v1/listings", json=publish_credential(p.device["key"], item), headers=p.device_headers())
+    assert r.status_code == 201, r.json
+    return r.json["id"]
+
+
+def invoke(client: Any, buyer: Party, listing_id: str, channel_id: str) -> dict[str, Any]:
+    r = client.simulate_post("/v1/invocations", json=_invocation_body(listing_id, channel_id),
+                             headers={**auth(buyer.session), "Idempotency-Key": uuid.uuid4().hex})
+    assert r.status_code == 201, r.json
+    return r.json
+
+
+def _invocation_body(listing_id: str, channel_id: str) -> dict[str, Any]:
+    return {"listing_id": listing_id, "channel_id": channel_id, "budget_minor": 70,
+            "buyer_jkt": jwk_thumbprint(SigningKey.generate().verify_key)}
+
+
 def mint(client: Any, p: Party, path: str, name: str) -> dict[str, Any]:
     r = client.simulate_post(path, json={"name": name}, headers=auth(p.session))
     assert r.status_code == 201, r.json
@@ -155,9 +174,12 @@ def build_world(client: Any, runtime: Any, stub: Any) -> World:
     o["listing"] = publish(client, owner, "owner's admissions")
     o["listing_to_delist"] = publish(client, owner, "owner's old admissions")
     o["vendor_listing"] = publish(client, vendor, "vendor's weather")
+    o["vendor_compute"] = publish_compute(client, vendor, "vendor's embedder")
     bought = buy(client, owner, o["vendor_listing"], o["channel"])
     o["purchase"], o["delivery_token"] = bought["id"], bought["delivery_token"]
     o["sold"] = buy(client, vendor, o["listing"], o["vendor_channel"])["id"]
+    opened = invoke(client, owner, o["vendor_compute"], o["channel"])
+    o["invocation"], o["invoke_token"] = opened["id"], opened["invoke_token"]
     r = client.simulate_post(f"/v1/channels/{o['vendor_channel']}/debits",
                              json={"amount_minor": 300, "seller_account_id": owner.id},
                              headers={**auth(vendor.session), "Idempotency-Key": uuid.uuid4().hex})
@@ -182,11 +204,12 @@ def build_world(client: Any, runtime: Any, stub: Any) -> World:
     world.private |= {owner.account["email"], o["channel"], o["unpaid_channel"], o["purchase"], o["sold"],
                       key["id"], spare_key["id"], agent["id"], spare_agent["id"], o["payout"],
                       o["wallet"].address, o["wallet"].address.lower(), "owner-node-q7"}
-    world.auditable |= {o["delivery_token"]}
-    world.secrets |= {o["delivery_token"], key["secret"], spare_key["secret"], agent["secret"],
+    world.private |= {o["invocation"]}
+    world.auditable |= {o["delivery_token"], o["invoke_token"]}  # each in its Opened/Purchased event
+    world.secrets |= {o["delivery_token"], o["invoke_token"], key["secret"], spare_key["secret"], agent["secret"],
                       spare_agent["secret"], owner.session}
     world.owned |= {owner.id, owner.device["id"], o["channel"], o["unpaid_channel"], o["listing"],
-                    o["listing_to_delist"], o["purchase"], o["sold"]}
+                    o["listing_to_delist"], o["purchase"], o["sold"], o["invocation"]}
     return world
 
 
@@ -364,6 +387,10 @@ REQUESTS: dict[tuple[str, str], Callable[[World, str], Request]] = {
     ("POST", "/v1/channels/{channel_id}/debits"): lambda w, a: _keyed(
         f"/v1/channels/{w.objects['channel']}/debits", {"amount_minor": 100, "seller_account_id": w.vendor.id}),
     ("POST", "/v1/purchases"): _purchase,
+    ("POST", "/v1/invocations"): lambda w, a: _keyed("/v1/invocations", _invocation_body(
+        w.objects["vendor_compute"], w.objects["channel"])),
+    ("GET", "/v1/invocations/{invocation_id}"): lambda w, a: Request(
+        f"/v1/invocations/{w.objects['invocation']}", owner_sees=w.objects["invoke_token"]),
     ("GET", "/v1/purchases"): lambda w, a: Request("/v1/purchases", owner_sees=w.objects["purchase"]),
     ("GET", "/v1/purchases/{purchase_id}"): lambda w, a: Request(f"/v1/purchases/{w.objects['purchase']}",
                                                                  owner_sees=w.objects["delivery_token"]),

@@ -11,7 +11,6 @@ from domain.model import ledger
 from domain.model.base import Meta
 from domain.model.channel import Channel
 from domain.model.errors import (
-    ChannelHoldsOpen,
     InsufficientFunds,
     InvalidInput,
     InvalidState,
@@ -71,13 +70,12 @@ def test_release_gives_everything_back_once_and_settle_waits_for_holds() -> None
     channel = new_channel()
     hold(channel, "i1", 500)
     channel.request_close(META, now_s=T0)
-    with pytest.raises(ChannelHoldsOpen):
-        channel.settle(META, settlement_ref="internal")
+    assert channel.settle(META, settlement_ref="internal") is False  # waits for the hold
+    assert channel.status == "closing" and channel.refunded_minor == 0
     assert channel.release_hold(META, invocation_id="i1", now_s=T0) is True
     assert channel.release_hold(META, invocation_id="i1", now_s=T0) is False
     assert capture(channel, "i1", 100) is None  # released: a late capture takes nothing
-    channel.settle(META, settlement_ref="internal")
-    assert channel.refunded_minor == 10_000
+    assert channel.settle_after_holds(META) is True and channel.refunded_minor == 10_000
     channel.check_invariants()
 
 
@@ -96,8 +94,17 @@ def test_a_capture_is_allowed_on_a_closing_channel_but_no_new_hold() -> None:
     with pytest.raises(InvalidState):
         hold(channel, "i2", 10)
     assert capture(channel, "i1", 300)["amount_minor"] == 300
-    channel.settle(META, settlement_ref="internal")
+    assert channel.settle_after_holds(META) is True
     assert (channel.settled_minor, channel.refunded_minor) == (300, 9_700)
+
+
+def test_a_chain_channel_with_a_voucher_is_left_to_the_settlement_sweep() -> None:
+    channel = new_channel(rail="chain", allowance=1_000)
+    hold(channel, "i1", 100)
+    channel.request_close(META, now_s=T0)
+    channel.voucher_minor = 1  # as if a voucher had been recorded
+    capture(channel, "i1", 50)
+    assert channel.settle_after_holds(META) is False and channel.status == "closing"
 
 
 def test_a_hold_must_lapse_before_the_channel_expires() -> None:

@@ -122,12 +122,13 @@ def test_a_report_from_another_device_or_with_a_changed_price_is_refused(mkt: Ma
     assert mkt.channel(s.buyer)["held_minor"] == 100
 
 
-def test_the_channel_settles_only_once_its_holds_end(mkt: Market) -> None:
+def test_a_channel_closed_during_a_session_settles_when_its_hold_ends(mkt: Market) -> None:
     s = mkt.session(budget_minor=700)
-    close = f"/v1/channels/{s.buyer['channel_id']}/close"
-    r = mkt.client.simulate_post(close, headers=s.buyer["headers"])
-    assert (r.status_code, r.json["code"]) == (409, "channel_holds_open")
+    r = mkt.client.simulate_post(f"/v1/channels/{s.buyer['channel_id']}/close", headers=s.buyer["headers"])
+    assert r.status_code == 200 and (r.json["status"], r.json["held_minor"], r.json["refunded_minor"]) == (
+        "closing", 700, 0)
+    other = mkt.open(s.buyer, s.answer["listing_id"])
+    assert other.status_code == 409  # closing: no new holds
     mkt.report_final(s, mkt.final_body(s, 10, countersigned_units=10))
-    r = mkt.client.simulate_post(close, headers=s.buyer["headers"])
-    assert r.status_code == 200 and r.json["status"] == "settled"
-    assert (r.json["settled_minor"], r.json["refunded_minor"]) == (70, 9_930)
+    channel = mkt.channel(s.buyer)
+    assert (channel["status"], channel["settled_minor"], channel["refunded_minor"]) == ("settled", 70, 9_930)
