@@ -126,8 +126,9 @@ class TrustProjection(Projection):
     def _trace(self, event: Trace.TraceRecorded, tx: Tx, position: int) -> None:
         at_ms = ms_of(event)
         if event.kind == "invoke_final" and event.effect == "refused":
-            body = event.envelope["credentialSubject"]["entry"]["body"]
-            self._session(tx, event, position, str(body.get("invocation_id")), "refused", reporter=event.device_id)
+            entry = (event.envelope.get("credentialSubject") or {}).get("entry") or {}
+            invocation_id = (entry.get("body") or {}).get("invocation_id")
+            self._session(tx, event, position, str(invocation_id), "refused", reporter=event.device_id)
             return
         if event.kind != "heartbeat":
             self._tick(tx, position, at_ms)
