@@ -72,11 +72,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from ops.audit import verify_log
+    from ops.audit import verify_export, verify_log
 
+    if args.file:  # offline: the export and the hub's public key(s), no database, no runtime
+        from domain.model.keys import VerifyKey
+
+        report = verify_export(args.file, [VerifyKey.from_multibase(k) for k in args.key or ()], workers=args.workers)
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
     runtime = _runtime()
     try:
-        report = verify_log(runtime.market, runtime.views)
+        domain = runtime.chain().domain() if args.chain else None  # vouchers need the chain's EIP-712 domain
+        report = verify_log(runtime.market, runtime.views, voucher_domain=domain, workers=args.workers)
         if args.chain:  # the ledger against the contract, channel by channel (ops.chain_audit)
             from ops.chain_audit import verify_chain
 
@@ -224,7 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "recomputed against every signed tree head, sealed snapshots, the ledger")
     verify.add_argument("--chain", action="store_true",
                         help="also check every chain channel's ledger against the contract (settled <=> settled, "
-                             "same amounts paid)")
+                             "same amounts paid); vouchers are verified under the chain's EIP-712 domain")
+    verify.add_argument("--file", metavar="EXPORT.jsonl",
+                        help="verify an export of 'aimarket audit export' instead, offline (no database)")
+    verify.add_argument("--key", action="append", metavar="z6Mk...",
+                        help="with --file: the hub's public signing key, multibase (repeat after a rotation); "
+                             "without it the keys listed in the export are used")
+    verify.add_argument("--workers", type=int, help="processes checking signatures (default: 2, or 1 core)")
     verify.set_defaults(func=cmd_audit_verify)
     replay = audit.add_parser("replay", help="rebuild every read model from position 0 into a scratch store and "
                               "compare it with the live one, table by table (exit 0 only when all are equal)")

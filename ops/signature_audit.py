@@ -82,6 +82,16 @@ class SignatureAudit:
         self.counts: dict[str, int] = {}
         self.unchecked: dict[str, int] = {}
         self._platform_raw: dict[str, bytes | None] = {}
+        self._dids: dict[str, VerifyKey] = {}  # did:key -> key (parsed and point-checked once)
+
+    def did_key(self, did: Any) -> VerifyKey:
+        """The key of a ``did:key`` (InvalidInput when it is none), parsed once per walk."""
+        key = self._dids.get(did) if isinstance(did, str) else None
+        if key is None:
+            key = VerifyKey.from_did_key(did)
+            if len(self._dids) < 100_000:
+                self._dids[did] = key
+        return key
 
     # -- the walk --------------------------------------------------------------------------
     def feed(self, position: int, topic: str, event: Any) -> None:
@@ -319,7 +329,7 @@ def _json(segment: str) -> Any:
 def _trace(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
     envelope = e.envelope
     try:
-        issuer = VerifyKey.from_did_key(envelope["issuer"])
+        issuer = audit.did_key(envelope["issuer"])
         sent_s = _created_ms(envelope) // 1000
         entry = envelope["credentialSubject"]["entry"]
     except Exception as exc:  # noqa: BLE001 - a malformed envelope is a finding
@@ -357,7 +367,7 @@ def _trace_body(audit: SignatureAudit, position: int, topic: str, device_id: str
 
     what = f"{kind} in trace"
     try:
-        signer = VerifyKey.from_did_key(body["issuer"])
+        signer = audit.did_key(body["issuer"])
         recorded_digest = digest(body)
     except Exception as exc:  # noqa: BLE001 - a malformed credential is a finding
         audit.fail(position, topic, what, f"not a credential: {exc}")

@@ -16,17 +16,22 @@ key)``; a check answers None (it verifies) or why not. Kinds:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+import base58
+
 from domain.model.envelope import entry_hash
-from domain.model.errors import MarketError
+from domain.model.errors import InvalidInput, MarketError, SignatureInvalid, UnsupportedCryptosuite
 from domain.model.jcs import canonical_json, sha256_sri
-from domain.model.keys import VerifyKey
-from domain.model.vc import EDDSA_JCS_2022, verify_credential
+from domain.model.keys import DID_KEY_PREFIX, VerifyKey
+from domain.model.vc import DATA_INTEGRITY_PROOF, EDDSA_JCS_2022, issuer_id
+from domain.model.vc_datetime import parse_xsd_datetime
 
 Job = tuple[int, str, str, str, Any, Any]
 Failure = tuple[int, str, str, str]  # position, topic, what, why
@@ -42,7 +47,7 @@ def check(job: Job) -> str | None:
     try:
         if kind == "ed25519":
             message, signature = payload
-            VerifyKey(key).verify(message, signature)
+            _known(key)[0].verify(message, signature)
         elif kind == "vc":
             return _check_vc(payload, key)
         elif kind == "voucher":
@@ -58,16 +63,88 @@ def check(job: Job) -> str | None:
 
 def _check_vc(payload: Any, key: bytes) -> str | None:
     credential, expected_digest, outbox_entry = payload
-    verify_credential(credential, expected_key=VerifyKey(key), suites=(EDDSA_JCS_2022,))
-    if expected_digest is not None and sha256_sri(canonical_json(credential)) != expected_digest:
+    _verify_jcs_proof(credential, key)
+    if expected_digest is not None and sha256_sri(_jcs(credential)) != expected_digest:
         return "the recorded credential digest is not the digest of the signed credential"
     if outbox_entry:
         entry = credential["credentialSubject"]["entry"]
-        body = canonical_json(entry["body"], allow_floats=False)
+        body = _jcs(entry["body"])
         if entry_hash(bytes.fromhex(entry["prev_hash"]), entry["seq"], entry["kind"], body,
                       entry["created_ms"]).hex() != entry["entry_hash"]:
             return "entry_hash is not the hash of the signed outbox entry"
     return None
+
+
+_KEYS: dict[bytes, tuple[VerifyKey, str]] = {}  # per process: a key is parsed and point-checked once
+
+
+def _known(key: bytes) -> tuple[VerifyKey, str]:
+    known = _KEYS.get(key)
+    if known is None:
+        if len(_KEYS) > 100_000:
+            _KEYS.clear()
+        verify_key = VerifyKey(key)
+        known = _KEYS[key] = (verify_key, verify_key.did_key)
+    return known
+
+
+def _verify_jcs_proof(credential: Any, key: bytes) -> None:
+    """``verify_credential(credential, expected_key=key, suites=(eddsa-jcs-2022,))`` for a key
+    the walk already resolved: the same checks (suite, purpose, the verification method and a
+    did:key issuer being that key, the proof's @context being the document's, a canonical
+    64-byte proofValue, the signature over SHA-256(JCS(proof options)) || SHA-256(JCS(document)))
+    without parsing the key again for every credential. Raises SignatureInvalid / InvalidInput."""
+    verify_key, did = _known(key)
+    proof = credential.get("proof") if isinstance(credential, dict) else None
+    if not isinstance(proof, dict) or (proof.get("type"), proof.get("cryptosuite")) != (DATA_INTEGRITY_PROOF,
+                                                                                       EDDSA_JCS_2022):
+        raise UnsupportedCryptosuite("not an eddsa-jcs-2022 DataIntegrityProof")
+    vm, purpose, value = proof.get("verificationMethod"), proof.get("proofPurpose"), proof.get("proofValue")
+    if not isinstance(vm, str) or vm.split("#", 1)[0] != did:
+        raise SignatureInvalid("proof was made by another key than the expected one")
+    if purpose != "assertionMethod":
+        raise SignatureInvalid(f"proof purpose {purpose!r} is not 'assertionMethod'")
+    issuer = issuer_id(credential)
+    if issuer is not None and issuer.startswith(DID_KEY_PREFIX) and issuer != did:
+        raise SignatureInvalid("issuer is a different did:key than the proof's key")
+    if not isinstance(proof.get("created"), str):
+        raise InvalidInput("proof.created must be a string")
+    parse_xsd_datetime(proof["created"])
+    document = {k: v for k, v in credential.items() if k != "proof"}
+    options = {k: v for k, v in proof.items() if k != "proofValue"}
+    if "@context" in options:
+        if "@context" not in document or _jcs(options["@context"]) != _jcs(document["@context"]):
+            raise SignatureInvalid("document @context differs from the signed proof @context")
+    elif "@context" in document:
+        options["@context"] = document["@context"]
+    if not isinstance(value, str):
+        raise InvalidInput("proof.proofValue is required and must be a string")
+    verify_key.verify(hashlib.sha256(_jcs(options)).digest() + hashlib.sha256(_jcs(document)).digest(),
+                      _proof_value(value))
+
+
+def _proof_value(text: str) -> bytes:
+    if not text.startswith("z") or len(text) > 100:
+        raise SignatureInvalid("proofValue is not base58btc multibase")
+    try:
+        signature = base58.b58decode(text[1:])
+    except ValueError:
+        raise SignatureInvalid("proofValue is not valid base58btc") from None
+    if len(signature) != 64:  # decoding base58btc then encoding again is the identity: no second form
+        raise SignatureInvalid("proofValue is not a 64-byte Ed25519 signature")
+    return signature
+
+
+def _jcs(value: Any) -> bytes:
+    """RFC 8785 bytes of ``value``: the standard library's sorted compact JSON when that is
+    provably the same (every character ASCII and printable or a short escape, so code-point and
+    UTF-16 key order agree and no \\u escape differs), else ``domain.model.jcs``. The hub stores no
+    float and no integer beyond 2**53 in a signed document (it refuses them); an edited event
+    that holds one is serialised exactly and so fails its signature, as it should."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    if "\\u" in text:
+        return canonical_json(value)
+    return text.encode("ascii")
 
 
 def _check_voucher(payload: Any, wallet: str) -> str | None:
