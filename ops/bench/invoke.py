@@ -80,7 +80,7 @@ class Seller:
         }, self.hub, self.hub.key_id)
 
     def outbox_entries(self) -> list[str]:
-        outbox = Outbox(self.home / "compute_outbox.sqlite")
+        outbox = Outbox(self.home / "outbox.sqlite")
         try:
             return [entry.kind for entry in outbox.entries()]
         finally:
