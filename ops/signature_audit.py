@@ -16,9 +16,11 @@ cores). What is checked, per topic:
   event's time, the device not suspended, and ``proof.created`` within the catalogue's window
   of the event's time; when the event records the proof value (``proof.proof_value``) the
   credential is rebuilt from the event and its signature and recorded digest are verified;
-* ``Purchase.Purchased``: the delivery token's hub signature under the platform key its
+* ``Purchase.Purchased`` and ``Invocation.Opened``: the delivery (invoke) token's hub signature under the platform key its
   header names, valid at the event's time, and the event's ``kid``, ``jti``, ``cnf_jkt``,
-  seller device and purchase id equal to the signed claims;
+  seller device and purchase (invocation) id equal to the signed claims; the compute session's
+  receipts, countersignature and rejections are recorded as digests only (``Captured``,
+  ``RejectionRecorded``): nothing more to verify from the event itself;
 * ``Trace.TraceRecorded``: the envelope's device signature under a key of the trace's device
   valid at the envelope's ``created`` (its ``kid`` the one recorded), the outbox entry hash; a
   receipt inside it is verified under a key of that device, a confirmation under the buyer key
@@ -40,15 +42,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.model.delivery import jwk_thumbprint
 from domain.model.device import rotation_message
 from domain.model.keys import VerifyKey, b64url_decode
-from domain.model.listing_schema import VC_CONTEXT, unsigned_credential
-from domain.model.vc import DATA_INTEGRITY_PROOF, EDDSA_JCS_2022
 from ops.signature_pool import POOL_AFTER_JOBS, Checker
+from ops.signed_events import (
+    KEY_SKEW_S,
+    channel_opened,
+    confirmation_recorded,
+    invocation_opened,
+    listing,
+    purchased,
+    receipt_recorded,
+    redeemed,
+    trace,
+    voucher,
+)
 
-CATALOGUE_WINDOW_S = 300  # domain.app.catalogue: proof.created within this of the hub clock
-KEY_SKEW_S = 60  # the hub checks a key a moment before the event's timestamp is taken
 PROBLEMS_MAX = 100
 
 
@@ -222,200 +231,6 @@ def _keyring_rotated(audit: SignatureAudit, position: int, topic: str, e: Any) -
     audit.platform_windows[e.new_kid] = [_at_s(e), None]
 
 
-# -- what devices and the hub signed -----------------------------------------------------------
-def _listing(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    listing_id = str(e.originator_id)
-    kind = topic.rsplit(".", 1)[-1]
-    proof = e.proof if isinstance(getattr(e, "proof", None), dict) else {}
-    if kind == "Published":
-        audit.listings[listing_id] = (e.account_id, e.device_id)
-    owner = audit.listings.get(listing_id)
-    kid = proof.get("kid")
-    if owner is None or not isinstance(kid, str):
-        audit.fail(position, topic, "listing signature", "no published listing or no signing key recorded")
-        return
-    device_id = audit.device_of_kid.get(kid)
-    if device_id is None:
-        audit.fail(position, topic, "listing signature", f"signed by key {kid}, which no enrolled device holds "
-                   "(no Device.Enrolled or KeyRotated with it before this event)")
-        return
-    if kind == "Published" and device_id != owner[1]:
-        audit.fail(position, topic, "listing signature", f"signed by key {kid}, not a key of device {owner[1]}")
-        return
-    if kind != "Published" and (audit.devices.get(device_id) is None or audit.devices[device_id].account_id
-                                != owner[0]):
-        audit.fail(position, topic, "listing signature", f"signed by key {kid}, not a device of account {owner[0]}")
-        return
-    at_s = _at_s(e)
-    key = audit.device_key(device_id, kid, at_s)
-    if isinstance(key, str):
-        audit.fail(position, topic, "listing signature", key)
-        return
-    created = _created_s(proof.get("created"))
-    if created is None or abs(created - at_s) > CATALOGUE_WINDOW_S + KEY_SKEW_S:
-        audit.fail(position, topic, "listing signature", f"proof.created {proof.get('created')!r} is not within "
-                   f"{CATALOGUE_WINDOW_S} s of the event's time")
-        return
-    credential = _listing_credential(kind, listing_id, e, proof, key)
-    if credential is None:
-        audit.skip("listing signature (proof value not recorded)")
-        return
-    audit.job(position, topic, "listing signature", "vc", (credential, proof.get("credential_digest"), False), key)
-
-
-def _created_s(text: Any) -> int | None:
-    from domain.model.vc_datetime import parse_xsd_datetime
-
-    try:
-        return int(parse_xsd_datetime(text).timestamp())
-    except Exception:  # noqa: BLE001 - malformed: the caller reports it
-        return None
-
-
-def _listing_credential(kind: str, listing_id: str, e: Any, proof: dict[str, Any], key: bytes) -> dict | None:
-    """The credential the node signed, rebuilt from the event (None without its proof value)."""
-    if not isinstance(proof.get("proof_value"), str):
-        return None
-    verify_key = VerifyKey(key)
-    if kind == "Delisted":
-        subject: dict[str, Any] = {"action": "delist", "listing_id": listing_id}
-        if e.reason:
-            subject["reason"] = e.reason
-    else:
-        offer = {**e.metadata, "price_minor": e.price_minor, "currency": e.currency}
-        subject = ({"action": "publish", "listing_key": e.listing_key, "listing": offer} if kind == "Published"
-                   else {"action": "update", "listing_id": listing_id, "listing": offer})
-    credential = unsigned_credential(verify_key.did_key, proof["created"], subject)
-    credential["proof"] = {"type": DATA_INTEGRITY_PROOF, "cryptosuite": EDDSA_JCS_2022, "created": proof["created"],
-                           "verificationMethod": verify_key.verification_method, "proofPurpose": "assertionMethod",
-                           "nonce": proof.get("nonce"), "@context": list(VC_CONTEXT),
-                           "proofValue": proof["proof_value"]}
-    return credential
-
-
-def _purchased(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    purchase_id = str(e.originator_id)
-    audit.purchases[purchase_id] = {"cnf_jkt": e.cnf_jkt, "device": e.seller_device_id}
-    what = "delivery token"
-    try:
-        header_b64, payload_b64, signature_b64 = e.token.split(".")
-        header = _json(header_b64)
-        claims = _json(payload_b64)
-        signature = b64url_decode(signature_b64)
-    except Exception as exc:  # noqa: BLE001 - a malformed token is a finding
-        audit.fail(position, topic, what, f"not a compact JWS: {exc}")
-        return
-    kid = header.get("kid") if isinstance(header, dict) else None
-    key = audit.hub_key(kid, _at_s(e)) if isinstance(kid, str) else "the token's header names no key"
-    if isinstance(key, str):
-        audit.fail(position, topic, what, key)
-        return
-    recorded = {"kid": e.kid, "jti": e.jti, "cnf_jkt": e.cnf_jkt, "seller_device_id": e.seller_device_id,
-                "purchase id": purchase_id}
-    signed = {"kid": kid, "jti": claims.get("jti"), "cnf_jkt": (claims.get("cnf") or {}).get("jkt"),
-              "seller_device_id": claims.get("aud"), "purchase id": claims.get("sub")}
-    wrong = sorted(name for name in recorded if recorded[name] != signed[name])
-    if wrong:
-        audit.fail(position, topic, what, f"the event differs from the signed claims on {wrong}")
-    audit.job(position, topic, what, "ed25519", (f"{header_b64}.{payload_b64}".encode("ascii"), signature), key)
-
-
-def _json(segment: str) -> Any:
-    import json
-
-    return json.loads(b64url_decode(segment))
-
-
-def _trace(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    envelope = e.envelope
-    try:
-        issuer = audit.did_key(envelope["issuer"])
-        sent_s = _created_ms(envelope) // 1000
-        entry = envelope["credentialSubject"]["entry"]
-    except Exception as exc:  # noqa: BLE001 - a malformed envelope is a finding
-        audit.fail(position, topic, "trace envelope", f"not an envelope: {exc}")
-        return
-    device_id = e.device_id
-    if envelope["credentialSubject"].get("device_id") != device_id or entry.get("seq") != e.seq or entry.get(
-            "entry_hash") != e.entry_hash:
-        audit.fail(position, topic, "trace envelope", "the event differs from the signed envelope on its device, "
-                   "seq or entry hash")
-    if issuer.key_id != e.kid:
-        audit.fail(position, topic, "trace envelope", f"recorded key {e.kid} is not the envelope's signer")
-    key = audit.device_key(device_id, issuer.key_id, sent_s)
-    if isinstance(key, str):
-        audit.fail(position, topic, "trace envelope", key)
-        return
-    audit.job(position, topic, "trace envelope", "vc", (envelope, None, True), key)
-    _trace_body(audit, position, topic, device_id, entry)
-
-
-def _created_ms(envelope: dict[str, Any]) -> int:
-    from domain.model.envelope import parse_created
-
-    return parse_created(envelope["proof"]["created"])
-
-
-def _trace_body(audit: SignatureAudit, position: int, topic: str, device_id: str, entry: dict[str, Any]) -> None:
-    kind, body = entry.get("kind"), entry.get("body")
-    if kind == "redemption" and isinstance(body, dict):
-        audit.traced.add(("redemption", f"{body.get('jti')} {body.get('jkt')}"))
-        return
-    if kind not in ("receipt", "confirmation") or not isinstance(body, dict):
-        return
-    from domain.model.receipts import digest
-
-    what = f"{kind} in trace"
-    try:
-        signer = audit.did_key(body["issuer"])
-        recorded_digest = digest(body)
-    except Exception as exc:  # noqa: BLE001 - a malformed credential is a finding
-        audit.fail(position, topic, what, f"not a credential: {exc}")
-        return
-    if kind == "receipt":
-        key = audit.device_key(device_id, signer.key_id, 0, any_time=True)  # it may have waited in the outbox
-        if isinstance(key, str):
-            audit.fail(position, topic, what, f"not signed by a key of the reporting device: {key}")
-            return
-    else:
-        purchase = audit.purchases.get(str((body.get("credentialSubject") or {}).get("purchase_id")))
-        if purchase is not None and jwk_thumbprint(signer) != purchase["cnf_jkt"]:
-            audit.fail(position, topic, what, "not signed by the buyer key the purchase's token names (cnf)")
-            return
-        key = signer.to_bytes()
-    audit.traced.add((kind, recorded_digest))
-    audit.job(position, topic, what, "vc", (body, None, False), key)
-
-
-def _receipt_recorded(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    audit.recorded.append((position, topic, "recorded receipt", ("receipt", e.digest)))
-
-
-def _confirmation_recorded(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    audit.recorded.append((position, topic, "recorded confirmation", ("confirmation", e.digest)))
-
-
-def _redeemed(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    audit.recorded.append((position, topic, "recorded redemption", ("redemption", f"{e.jti} {e.buyer_jkt}")))
-
-
-def _channel_opened(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    if e.rail == "chain":
-        audit.channels[str(e.originator_id)] = (e.buyer_wallet, e.chain_channel_id)
-
-
-def _voucher(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
-    channel = audit.channels.get(str(e.originator_id))
-    if channel is None:
-        audit.fail(position, topic, "voucher", "a voucher on a channel that is not a chain channel")
-        return
-    if audit.voucher_domain is None:
-        audit.skip("voucher (no chain domain: run with --chain)")
-        return
-    d = audit.voucher_domain
-    audit.job(position, topic, "voucher", "voucher",
-              (d.chain_id, d.verifying_contract, channel[1], e.cumulative_minor, e.signature), channel[0])
-
 
 Check = Callable[[SignatureAudit, int, str, Any], None]
 CHECKS: dict[str, Check] = {
@@ -424,15 +239,16 @@ CHECKS: dict[str, Check] = {
     "domain.model.device:Device.Suspended": _suspended,
     "domain.model.keyring:Keyring.Created": _keyring_created,
     "domain.model.keyring:Keyring.Rotated": _keyring_rotated,
-    "domain.model.listing:Listing.Published": _listing,
-    "domain.model.listing:Listing.Updated": _listing,
-    "domain.model.listing:Listing.Delisted": _listing,
-    "domain.model.purchase:Purchase.Purchased": _purchased,
-    "domain.model.purchase:Purchase.TokenRedeemed": _redeemed,
-    "domain.model.purchase:Purchase.ReceiptRecorded": _receipt_recorded,
-    "domain.model.purchase:Purchase.ConfirmationRecorded": _confirmation_recorded,
-    "domain.model.traces:Trace.TraceRecorded": _trace,
-    "domain.model.channel:Channel.Opened": _channel_opened,
-    "domain.model.channel:Channel.VoucherRecorded": _voucher,
+    "domain.model.listing:Listing.Published": listing,
+    "domain.model.listing:Listing.Updated": listing,
+    "domain.model.listing:Listing.Delisted": listing,
+    "domain.model.purchase:Purchase.Purchased": purchased,
+    "domain.model.purchase:Purchase.TokenRedeemed": redeemed,
+    "domain.model.invocation:Invocation.Opened": invocation_opened,
+    "domain.model.purchase:Purchase.ReceiptRecorded": receipt_recorded,
+    "domain.model.purchase:Purchase.ConfirmationRecorded": confirmation_recorded,
+    "domain.model.traces:Trace.TraceRecorded": trace,
+    "domain.model.channel:Channel.Opened": channel_opened,
+    "domain.model.channel:Channel.VoucherRecorded": voucher,
 }
 """Topic -> check: one entry per event type that carries a signature or key state."""
