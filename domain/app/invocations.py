@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from domain.app.money import request_hash
+from domain.app.money import RACING_ATTEMPTS, request_hash
 from domain.app.service import Service
 from domain.model.channel import Channel, debit_fee
 from domain.model.compute import UNITS
@@ -176,7 +176,8 @@ class InvocationService(Service):
             self.save(channel, invocation)
             return {**invocation.to_public(with_token=True), "replayed": False}
 
-        return self.retrying(command)
+        # The channel's batcher commits debits every few ms: race it as a close does.
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def _decide_on(self, normal: dict[str, Any], account_id: str, channel: Channel) -> tuple[Listing, Device]:
         try:
@@ -296,7 +297,7 @@ class InvocationService(Service):
             self.save(channel, invocation)
             return True
 
-        return self.retrying(command)
+        return self.retrying(command, attempts=RACING_ATTEMPTS)
 
     def lapse_due(self, meta: dict, due_ids: Sequence[str]) -> list[str]:
         """Lapse each of ``due_ids`` (open holds past their lapse time, from the balances read
