@@ -25,6 +25,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import falcon
 import structlog
@@ -66,12 +67,15 @@ PAGE = open_obj(items={"type": "array", "items": ITEM}, last_event_id={"type": "
 
 
 def _position(req: falcon.Request) -> int | None:
-    for name, value in (("Last-Event-ID", req.get_header("Last-Event-ID")), ("after", req.get_param("after"))):
+    """``Last-Event-ID``, else ``after``; both are checked when both are sent."""
+    after = [v for k, v in parse_qsl(req.query_string, keep_blank_values=True) if k == "after"]
+    found = None
+    for name, value in (("after", after[-1] if after else None), ("Last-Event-ID", req.get_header("Last-Event-ID"))):
         if value is not None:
             if not _POSITION.fullmatch(value):
                 raise InvalidInput(f"{name} must be a log position (digits)", param=name)
-            return int(value)
-    return None
+            found = int(value)
+    return found
 
 
 class LiveStats:
