@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from domain.model.errors import MarketError
@@ -96,7 +97,7 @@ def replay(runtime: Any, *, only: str | None = None, keep: bool = False, file: s
         for runner in runners:
             runner.setup()
         _seed(live, scratch, [p.name for p in replayed], positions)
-        refused = _run(runners, stops, note)
+        refused = rebuild_all(runners, stops, note, parallel=False)
         ok = not refused and not skipped
         for name, reason in {**skipped, **refused}.items():
             out(f"{name}: {reason}")
@@ -164,16 +165,45 @@ def _insert(scratch: ScratchStore, sql: str, rows: list[tuple[Any, ...]]) -> Non
             tx.executemany(sql, rows)
 
 
+#: Runners that share tables (search reads trust_scores, trust writes search_listings) stay in
+#: one thread when runners run in threads (``parallel``, the bench's ``--parallel``; on the
+#: busy two-core machine measured it was slower than one after the other, so replay runs them
+#: in turn).
+SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (("search", "trust"),)
+
+
+def rebuild_all(runners: list[ProjectionRunner], stops: dict[str, int], note: Out, *, parallel: bool
+                ) -> dict[str, str]:
+    """Catch every runner up to its stop; the refusals by projection name."""
+    groups: list[list[ProjectionRunner]] = []
+    for runner in runners:
+        together = next((g for g in SEQUENTIAL_GROUPS if runner.projection.name in g), None)
+        group = next((g for g in groups if together and g[0].projection.name in together), None)
+        if group is None:
+            groups.append([runner])
+        else:
+            group.append(runner)
+    refused: dict[str, str] = {}
+    if not parallel:
+        for group in groups:
+            refused.update(_run(group, stops, note))
+        return refused
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="replay") as pool:
+        for outcome in pool.map(lambda g: _run(g, stops, note), groups):
+            refused.update(outcome)
+    return refused
+
+
 def _run(runners: list[ProjectionRunner], stops: dict[str, int], note: Out) -> dict[str, str]:
     refused: dict[str, str] = {}
     for runner in runners:
         name, started = runner.projection.name, time.perf_counter()
         try:
-            events = runner.catch_up(stop=stops[name])
+            events = runner.catch_up(stop=stops.get(name))
         except MarketError as exc:
             refused[name] = f"refused [{exc.code}]: {exc.detail}"
             continue
-        note(f"{name}: replayed {events} events to position {stops[name]} in {time.perf_counter() - started:.1f} s")
+        note(f"{name}: replayed {events} events to position {stops.get(name)} in {time.perf_counter() - started:.1f} s")
     return refused
 
 

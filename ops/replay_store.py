@@ -143,7 +143,7 @@ class ScratchStore:
         self.where = f"aimarket_replay_{secrets.token_hex(6)}"
         with psycopg.connect(settings.pg_conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.where)))
-        self.views = PostgresViewDB(settings.pg_conninfo(), schema=self.where, pool_max=2)
+        self.views = PostgresViewDB(settings.pg_conninfo(), schema=self.where, pool_max=8)  # a runner per thread
 
     def snapshot(self) -> Snapshot:
         if self.settings.embedded:
