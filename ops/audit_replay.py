@@ -83,8 +83,9 @@ def rebuild_in_place(runtime: Any, only: str | None, out: Out = print) -> int:
 
 
 def replay(runtime: Any, *, only: str | None = None, keep: bool = False, file: str | None = None,
-           out: Out = print, note: Out = print) -> int:
-    """Replay into a scratch store and compare with the live one; 0 only when all is equal."""
+           out: Out = print, note: Out = print, coalesce: bool = True) -> int:
+    """Replay into a scratch store and compare with the live one; 0 only when all is equal.
+    ``coalesce``: INSERTs sent in runs (``projections.coalesce``), the rebuild's main lever."""
     compared, replayed = select(only)
     log = FileLog(file) if file else None
     live = live_snapshot(runtime.settings)
@@ -93,7 +94,8 @@ def replay(runtime: Any, *, only: str | None = None, keep: bool = False, file: s
         positions = live.tracking()
         stops, skipped = _stops(runtime, log, replayed, positions)
         runners = [ProjectionRunner(p, recorder=log or runtime.market.recorder, mapper=runtime.market.mapper,
-                                    views=scratch.views, lock=NoLock(), batch_size=REBUILD_BATCH) for p in replayed]
+                                    views=scratch.views, lock=NoLock(), batch_size=REBUILD_BATCH,
+                                    coalesce_writes=coalesce) for p in replayed]
         for runner in runners:
             runner.setup()
         _seed(live, scratch, [p.name for p in replayed], positions)

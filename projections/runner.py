@@ -39,6 +39,7 @@ from eventsourcing.persistence import PersistenceError
 from domain.model.ports import RunnerLock, ViewDB
 from projections import health
 from projections.base import TRACKING_DDL, Projection, lock_ddl, read_position
+from projections.coalesce import CoalescingTx
 
 log = structlog.get_logger("projections")
 
@@ -55,6 +56,7 @@ class ProjectionRunner:
     def __init__(
         self, projection: Projection, *, recorder: Any, mapper: Any, views: ViewDB, lock: RunnerLock,
         batch_size: int = 500, poll_s: float = 0.5, heartbeat_s: float = health.HEARTBEAT_S,
+        coalesce_writes: bool = False,
     ) -> None:
         self.projection = projection
         self.recorder = recorder
@@ -64,6 +66,8 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
+        # Rebuilds into a scratch store only: INSERTs sent in runs (projections.coalesce).
+        self.coalesce_writes = coalesce_writes
         self.idle_advance_s = 1.0
         self.resume_poll_s = 0.5
         self.active = threading.Event()
@@ -114,7 +118,8 @@ class ProjectionRunner:
         self.failed_event = None
         head = self.recorder.max_notification_id() or 0
         head = head if stop is None else min(head, stop)
-        with self.views.transaction() as tx:
+        with self.views.transaction() as opened:
+            tx = CoalescingTx(opened) if self.coalesce_writes else opened
             tracked = read_position(tx, name)
             position = tracked[0] if tracked else 0
             if head <= position:

@@ -186,7 +186,7 @@ def raw_read(market: Any) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def rebuild(runtime: Any, *, parallel: bool) -> tuple[dict[str, float], float]:
+def rebuild(runtime: Any, *, parallel: bool, coalesce: bool = True) -> tuple[dict[str, float], float]:
     """Every projection rebuilt from 0 into one scratch schema, as ``aimarket audit replay``
     does; (seconds per projection, total)."""
     from ops.audit_replay import REBUILD_BATCH, rebuild_all
@@ -199,7 +199,8 @@ def rebuild(runtime: Any, *, parallel: bool) -> tuple[dict[str, float], float]:
         per: dict[str, float] = {}
         started = time.perf_counter()
         runners = [ProjectionRunner(p, recorder=runtime.market.recorder, mapper=runtime.market.mapper,
-                                    views=scratch.views, lock=NoLock(), batch_size=REBUILD_BATCH)
+                                    views=scratch.views, lock=NoLock(), batch_size=REBUILD_BATCH,
+                                    coalesce_writes=coalesce)
                    for p in all_projections()]
         for runner in runners:
             runner.setup()
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--uncoalesced", action="store_true", help="also rebuild with coalesce_writes off each "
+                        "round (the baseline differing in that one setting)")
     parser.add_argument("--parallel", action="store_true", help="rebuild independent projections in threads "
                         "(default: one after the other, as 'aimarket audit replay' does)")
     args = parser.parse_args(argv)
@@ -238,19 +241,28 @@ def main(argv: list[str] | None = None) -> int:
             emit({"log": {"events": events, "write_s": round(write_s, 1)}})
             shared_embedder().embed_one("warm up")  # the model loads once, outside the timing
             quiet = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
-            rates, raws = [], []
+            rates, raws, plain = [], [], []
             for round_ in range(args.rounds):
                 per, total_s = rebuild(runtime, parallel=args.parallel)
                 read, raw_s = raw_read(runtime.market)
                 rates.append(events / total_s)
                 raws.append(read / raw_s)
-                emit({"round": round_, "rebuild_events_per_s": round(events / total_s), "rebuild_s": round(total_s, 1),
-                      "per_projection_s": per, "raw_read_events_per_s": round(read / raw_s), "raw_read_s": round(raw_s, 1),
-                      "status": {"rebuilt": len(per), "failed": 0}, "load": loadavg()})
+                record = {"round": round_, "rebuild_events_per_s": round(events / total_s),
+                          "rebuild_s": round(total_s, 1), "per_projection_s": per,
+                          "raw_read_events_per_s": round(read / raw_s), "raw_read_s": round(raw_s, 1),
+                          "status": {"rebuilt": len(per), "failed": 0}}
+                if args.uncoalesced:  # the baseline differing in one setting: coalesce_writes off
+                    plain_per, plain_s = rebuild(runtime, parallel=args.parallel, coalesce=False)
+                    plain.append(events / plain_s)
+                    record |= {"uncoalesced_events_per_s": round(events / plain_s), "uncoalesced_per_projection_s":
+                               plain_per}
+                emit({**record, "load": loadavg()})
             emit({"summary": {"events": events, "rounds": args.rounds, "rebuild_events_per_s": round(median(rates) or 0),
                               "raw_read_events_per_s": round(median(raws) or 0),
-                              "rebuild_over_raw": ratio(median(rates), median(raws)), "target_events_per_s": 40_000,
-                              "target_ratio": 0.6, **quiet, "load_end": loadavg()}})
+                              "rebuild_over_raw": ratio(median(rates), median(raws)),
+                              "uncoalesced_events_per_s": round(median(plain)) if plain else None,
+                              "coalesced_over_uncoalesced": ratio(median(rates), median(plain)) if plain else None,
+                              "target_events_per_s": 40_000, "target_ratio": 0.6, **quiet, "load_end": loadavg()}})
         finally:
             runtime.close()
     return 0
