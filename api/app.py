@@ -108,10 +108,11 @@ class RequestContext:
 
     async def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                                params: dict[str, Any]) -> None:
-        # A route naming a purchase answers on the purchase's trace (api.tracing); POST
-        # /v1/purchases is re-rooted when its meta is built (the principal is known by then).
+        # A route naming a purchase (or invocation) answers on its trace (api.tracing); POST
+        # /v1/purchases and /v1/invocations are re-rooted when their meta is built (the
+        # principal is known by then).
         req.context.params = params
-        if "purchase_id" in params:
+        if "purchase_id" in params or "invocation_id" in params:
             transaction = transaction_of(req, None)
             if transaction is not None:
                 trace = req.context.trace = rerooted(req.context.trace, transaction)

@@ -12,7 +12,8 @@ One transaction is one trace (``docs/adr/0007-trace-id-is-the-transaction-id.md`
 that acts on a purchase is re-rooted on the purchase's trace, whose trace-id is the purchase
 id's 32 hex digits. ``POST /v1/purchases`` knows its purchase id before anything is recorded
 (``purchase_id_for(buyer, Idempotency-Key)``, a retry lands on the same id), and a route with
-``{purchase_id}`` in its path names it; the seller's node sends the same trace-id on the
+``{purchase_id}`` in its path names it (compute invocations alike: ``POST /v1/invocations``,
+``{invocation_id}``); the seller's node sends the same trace-id on the
 ``POST /v1/traces`` that reports the purchase's redemption and receipts (``node/delivery/
 trace_context.py``). The caller's own trace, when it differs, is kept in the events' meta as
 ``trace_link``, so a buyer can still find the purchase from its own trace.
@@ -33,6 +34,7 @@ from uuid import UUID
 
 import falcon
 
+from domain.model.invocation import invocation_id_for
 from domain.model.principal import Principal
 from domain.model.purchase import purchase_id_for
 
@@ -41,6 +43,8 @@ _VERSION_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _LATER = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?", re.DOTALL)
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,255}$")  # api.resources.money's rule for the key
+# The routes that create a transaction, and its id from the buyer and the Idempotency-Key.
+TRANSACTION_ROOTS = {"/v1/purchases": purchase_id_for, "/v1/invocations": invocation_id_for}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +120,17 @@ def rerooted(trace: TraceContext, transaction_id: UUID | str) -> TraceContext:
 def transaction_of(req: falcon.Request, who: Principal | None) -> UUID | str | None:
     """The transaction a request acts on, when the route says (module docstring)."""
     params: dict[str, Any] = getattr(req.context, "params", None) or {}
-    purchase_id = params.get("purchase_id")
-    if purchase_id is not None:
+    named = params.get("purchase_id") or params.get("invocation_id")
+    if named is not None:
         try:
-            return UUID(purchase_id)
+            return UUID(named)
         except ValueError:
             return None
-    if req.method == "POST" and req.uri_template == "/v1/purchases" and who is not None and who.account_id:
+    root = TRANSACTION_ROOTS.get(req.uri_template or "") if req.method == "POST" else None
+    if root is not None and who is not None and who.account_id:
         key = req.get_header("Idempotency-Key")
         if key and _IDEMPOTENCY.fullmatch(key):
-            return purchase_id_for(who.account_id, key)
+            return root(who.account_id, key)
     return None
 
 

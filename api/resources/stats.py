@@ -1,6 +1,6 @@
 """``GET /v1/stats/live``: recent transactions as they are recorded (server-sent events).
 
-Purchases, deliveries, debits, settlements and payouts: ids, kind, amounts, currencies and
+Purchases, deliveries, debits, settlements, payouts and captured compute invocations: ids, kind, amounts, currencies and
 times, never a payload, token, signature or free text (``domain.app.live_feed``). An account
 sees the transactions it is a party to; auditors and admins see every one.
 
@@ -61,7 +61,8 @@ PARAMS = [
 ]
 NAMES = frozenset({"after", "lifetime_s"})
 ITEM = open_obj(id={"type": "integer", "description": "log position"},
-                kind={"type": "string", "enum": ["purchase", "delivery", "debit", "settlement", "payout"]},
+                kind={"type": "string", "enum": ["purchase", "delivery", "debit", "settlement", "payout",
+                                                 "invocation"]},
                 at={"type": "string"})
 PAGE = open_obj(items={"type": "array", "items": ITEM}, last_event_id={"type": "integer"})
 
@@ -80,7 +81,7 @@ def _position(req: falcon.Request) -> int | None:
 
 class LiveStats:
     openapi = {"get": op(
-        "Recent transactions (purchases, deliveries, debits, settlements, payouts) as server-sent events with "
+        "Recent transactions (purchases, deliveries, debits, settlements, payouts, invocations) as server-sent events with "
         "Accept: text/event-stream, else one JSON page; yours, or everyone's for auditors", "observability",
         auth="account", params=PARAMS, responses={"200": PAGE},
         description="With Accept: text/event-stream the answer is a text/event-stream: id = log position, "

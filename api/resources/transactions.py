@@ -1,7 +1,8 @@
 """``GET /v1/transactions/{transaction_id}/trace``: one transaction's path, step by step.
 
-A transaction is a purchase (its id): the answer lists every fact of it in log order (token
-issued, redemption at the seller's node, receipts, confirmations, delivered, expired, revoked)
+A transaction is a purchase or a compute invocation (its id): the answer lists every fact of it
+in log order (token issued, redemption at the seller's node, receipts, confirmations, delivered,
+expired, revoked; an invocation's opening, binding, capture, rejections, lapse)
 with the hub's recording time, the ``traceparent`` it came with, the log position, the node
 trace that reported it, and the durations between the steps (``domain.app.transactions``).
 Its buyer, its seller, auditors and admins see it; anyone else gets 404 ``purchase_not_found``,
@@ -23,24 +24,28 @@ if TYPE_CHECKING:
 
 NULLABLE_INT = {"type": ["integer", "null"]}
 STEP = open_obj(step={"type": "string", "enum": ["purchased", "redeemed", "receipt", "confirmation", "delivered",
-                                                  "expired", "revoked"]},
+                                                  "expired", "revoked", "opened", "bound", "captured",
+                                                  "rejection", "lapsed"]},
                 event={"type": "string"}, position=NULLABLE_INT, version={"type": "integer"},
                 at={"type": "string"}, at_ms={"type": "integer"}, traceparent={"type": ["string", "null"]},
                 span_id={"type": ["string", "null"]}, parent_span_id={"type": ["string", "null"]},
                 trace_link={"type": ["string", "null"]},
                 actor={"type": ["string", "null"]}, correlation_id={"type": ["string", "null"]},
                 reported_by={"type": ["object", "null"]}, details={"type": "object"})
-TRACE = open_obj(transaction_id={"type": "string"}, kind={"type": "string", "enum": ["purchase"]},
+TRACE = open_obj(transaction_id={"type": "string"}, kind={"type": "string", "enum": ["purchase", "invocation"]},
                  trace_id={"type": "string", "pattern": "^[0-9a-f]{32}$"}, status={"type": "string"},
                  steps={"type": "array", "items": STEP},
                  durations_ms=open_obj(purchase_to_redemption_ms=NULLABLE_INT, redemption_to_receipt_ms=NULLABLE_INT,
-                                       receipt_to_confirmation_ms=NULLABLE_INT, purchase_to_delivery_ms=NULLABLE_INT))
+                                       receipt_to_confirmation_ms=NULLABLE_INT, purchase_to_delivery_ms=NULLABLE_INT,
+                                       open_to_bound_ms=NULLABLE_INT, bound_to_capture_ms=NULLABLE_INT,
+                                       open_to_capture_ms=NULLABLE_INT))
 
 
 class TransactionTrace:
     openapi = {"get": op("One transaction's path ordered by time: purchase, redemption, receipts, confirmation, "
-                         "delivery (or expiry, revocation), with traceparent, log position and durations (its "
-                         "buyer, its seller, auditors)", "observability", auth="account",
+                         "delivery (or expiry, revocation), or an invocation's opening, binding and capture, with "
+                         "traceparent, log position and durations (its buyer, its seller, auditors)",
+                         "observability", auth="account",
                          responses={"200": TRACE},
                          description="The trace-id of a transaction is its id's 32 hex digits (W3C Trace Context; "
                                      "docs/adr/0007-trace-id-is-the-transaction-id.md).")}

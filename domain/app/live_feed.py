@@ -6,11 +6,12 @@ the caller may see, each as ``(position, kind, fields)``, and the position to po
 (the head when the batch reached it: positions are handed out in commit order, so nothing
 commits below it later; ``docs/architecture.md``, "Projections").
 
+Kinds: purchases, deliveries, debits, settlements, payouts, compute invocations captured.
 What an event says: ids, amounts, currencies and times (``STREAMED``), never a payload, a
 delivery token, a signature, an idempotency key or a debit's purpose (free text of the buyer).
 Who sees it: an auditor or admin every event; any other account the events of transactions it
-is a party to (buyer or seller of the purchase, buyer of the channel or seller it pays, seller
-of the payout). Parties are read from the aggregates, once per aggregate and reader.
+is a party to (buyer or seller of the purchase or invocation, buyer of the channel or seller it
+pays, seller of the payout). Parties are read from the aggregates, once per aggregate and reader.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from uuid import UUID
 from eventsourcing.utils import get_topic
 
 from domain.model.channel import Channel
+from domain.model.invocation import Invocation
 from domain.model.payout import SellerPayouts
 from domain.model.purchase import Purchase
 
@@ -57,6 +59,11 @@ def _payout(e: Any) -> dict[str, Any]:
     return {"payout_id": e.payout_id}
 
 
+def _captured(e: Any) -> dict[str, Any]:
+    return {"invocation_id": str(e.originator_id), "captured_minor": e.captured_minor, "fee_minor": e.fee_minor,
+            "released_minor": e.released_minor, "cumulative_units": e.cumulative_units}
+
+
 # kind -> (event class, its fields); the topics are what the store filters on.
 STREAMED: dict[str, tuple[type, Callable[[Any], dict[str, Any]]]] = {
     "purchase": (Purchase.Purchased, _purchased),  # type: ignore[attr-defined]
@@ -64,6 +71,7 @@ STREAMED: dict[str, tuple[type, Callable[[Any], dict[str, Any]]]] = {
     "debit": (Channel.Debited, _debited),
     "settlement": (Channel.Settled, _settled),  # type: ignore[attr-defined]
     "payout": (SellerPayouts.PayoutSent, _payout),  # type: ignore[attr-defined]
+    "invocation": (Invocation.Captured, _captured),  # type: ignore[attr-defined]
 }
 TOPICS = {get_topic(cls): (kind, fields) for kind, (cls, fields) in STREAMED.items()}
 
@@ -94,7 +102,7 @@ class LiveFeed:
             event = self.market.mapper.to_domain_event(notification)
             if self.everyone or self.account_id in self._parties_of(kind, event):
                 item = fields(event)
-                if kind == "debit":
+                if kind in ("debit", "invocation"):
                     item["currency"] = self._currency(kind, event)
                 elif kind == "payout":  # rare: read fresh for its amount
                     payouts = self.market.load(SellerPayouts, event.originator_id)
@@ -126,6 +134,10 @@ class LiveFeed:
             parties = frozenset({purchase.buyer_account_id, purchase.seller_account_id})
         elif kind == "payout":
             parties = frozenset({self.market.load(SellerPayouts, aggregate_id).seller_account_id})
+        elif kind == "invocation":
+            invocation = self.market.load(Invocation, aggregate_id)
+            self._currencies[aggregate_id] = invocation.currency
+            parties = frozenset({invocation.buyer_account_id, invocation.seller_account_id})
         else:  # a channel's buyer (the sellers it pays are named by its events)
             channel = self.market.load(Channel, aggregate_id)
             self._currencies[aggregate_id] = channel.currency

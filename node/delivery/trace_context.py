@@ -2,7 +2,8 @@
 
 One transaction is one trace whose trace-id is the purchase id's 32 hex digits: the node knows
 the purchase id from its delivery token's ``sub`` (and every redemption, receipt and
-confirmation it reports names it). When every entry of a batch reports on one purchase, the
+confirmation it reports names it; a compute session's ``invoke_*`` entries name their invocation,
+whose trace-id is the invocation id's). When every entry of a batch reports on one purchase, the
 uplink sends ``traceparent: 00-<purchase hex>-<new span>-01`` with the batch and the hub
 records it in the meta of what the batch changes; a batch that mixes purchases (or carries
 heartbeats) belongs to no single transaction and is sent without one.
@@ -17,10 +18,13 @@ from uuid import UUID
 
 
 def entry_purchase(kind: str, body: dict[str, Any]) -> str | None:
-    """The purchase an outbox entry reports on (None for heartbeats and unknown shapes)."""
+    """The transaction an outbox entry reports on: its purchase, or its compute invocation
+    (``invoke_*`` entries name ``invocation_id``); None for heartbeats and unknown shapes."""
     source = body.get("credentialSubject") if kind in ("receipt", "confirmation") else body
-    purchase_id = source.get("purchase_id") if isinstance(source, dict) else None
-    return purchase_id if isinstance(purchase_id, str) else None
+    if not isinstance(source, dict):
+        return None
+    found = source.get("invocation_id") if kind.startswith("invoke_") else source.get("purchase_id")
+    return found if isinstance(found, str) else None
 
 
 def batch_traceparent(batch: Sequence[Any]) -> str | None:
