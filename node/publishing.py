@@ -102,6 +102,9 @@ def listing_from_report(report: dict[str, Any], *, price_minor: int, currency: s
     for name in ("framework", "metering_unit"):
         if isinstance(report.get(name), str):
             listing[name] = report[name][:64]
+    most = report.get("max_units_per_call")
+    if isinstance(most, int) and not isinstance(most, bool) and 1 <= most <= 2**31:
+        listing["max_units_per_call"] = most
     if delivery is not None:
         listing["delivery"] = delivery
     return listing

@@ -149,10 +149,7 @@ class InvocationService(Service):
             channel = self.market.money.channel_for(account_id, normal["channel_id"])
             listing, device = self._decide_on(normal, account_id, channel)
             unit = listing.metadata["metering_unit"]
-            call_units = normal["max_call_units"] or DEFAULT_CALL_UNITS.get(unit)
-            if call_units is None:
-                raise InvalidInput(f"a listing metered in {unit} needs max_call_units (its asset's "
-                                   "max_units_per_call)", param="max_call_units")
+            call_units = _call_units(listing, unit, normal["max_call_units"])
             if call_units * listing.price_minor > normal["budget_minor"]:
                 raise InvalidInput(f"budget_minor must cover one call ({call_units} × {listing.price_minor})",
                                    param="budget_minor")
@@ -330,3 +327,21 @@ def _replay(invocation: Invocation, digest: str) -> dict[str, Any]:
     if not invocation.replays(digest):
         raise IdempotencyKeyReused("this Idempotency-Key was used with another request", param="Idempotency-Key")
     return {**invocation.to_public(with_token=True), "replayed": True}
+
+
+def _call_units(listing: Listing, unit: str, asked: int | None) -> int:
+    """The token's ``max_call_units``: the listing's ``max_units_per_call`` (the seller signed it),
+    which the buyer may repeat but not lower (the node bills a call at most the token's cap, so a
+    lower one would under-bill the seller; the node also refuses such a token). A listing published
+    before it was carried: the buyer's figure or the unit's default."""
+    listed = listing.metadata.get("max_units_per_call")
+    if isinstance(listed, int):
+        if asked is not None and asked != listed:
+            raise InvalidInput(f"this listing counts up to {listed} {unit} per call: max_call_units is that "
+                               "or absent", param="max_call_units")
+        return listed
+    call_units = asked or DEFAULT_CALL_UNITS.get(unit)
+    if call_units is None:
+        raise InvalidInput(f"a listing metered in {unit} needs max_call_units (its asset's max_units_per_call)",
+                           param="max_call_units")
+    return call_units

@@ -77,6 +77,7 @@ LISTING = _closed(
     columns={"type": "array", "maxItems": 200, "items": COLUMN},
     pii=PII_SUMMARY, quality=QUALITY,
     framework={"type": "string", "maxLength": 64}, metering_unit={"type": "string", "pattern": "^[a-z][a-z0-9_]{0,39}$"},
+    max_units_per_call={"type": "integer", "minimum": 1, "maximum": 2**31},  # compute: the most one call counts
     report_version={"type": "integer", "minimum": 0, "maximum": 1000},
     delivery=DELIVERY,
 )

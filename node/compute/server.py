@@ -225,6 +225,10 @@ class ComputeServer:
             raise InvokeNotServed("this node serves no compute asset for that listing")
         if asset.manifest.metering.unit != claims.unit:
             raise InvokeUnitMismatch(f"the asset meters {asset.manifest.metering.unit}, the token {claims.unit}")
+        if claims.max_call_units < asset.manifest.metering.max_units_per_call:
+            # A lower cap would bill a call for fewer units than it counts: the seller loses.
+            raise InvokeUnitMismatch(f"the token caps a call at {claims.max_call_units} units, the asset counts up "
+                                     f"to {asset.manifest.metering.max_units_per_call}")
         writer.write(fr.plain_frame(fr.SERVER_HELLO, hs.server_hello(self.clock_ms())))
         return hs.receive_finish(await expect_plain(reader, fr.CLIENT_FINISH, cfg.handshake_timeout_s))
 

@@ -9,6 +9,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from domain.model.compute import parse_manifest
 from domain.model.errors import InvalidInput
 from node.profiling import describe
 from node.profiling.dataset import REPORT_VERSION
@@ -107,4 +108,6 @@ def _validate(data: dict) -> dict:
     if summary is not None and not isinstance(summary, str):
         raise InvalidInput("manifest field 'description' must be a string", param="description")
     fields["summary"] = (summary or "").strip() or None
+    if "entry_point" in data:  # a compute asset: the most one call counts goes into the listing (and the token)
+        fields["max_units_per_call"] = parse_manifest(data).metering.max_units_per_call
     return fields

@@ -47,7 +47,7 @@ def test_both_examples_served_and_metered(tmp_path: Path) -> None:
         vectors = np.asarray(result.output["vectors"], dtype=np.float32)
         np.testing.assert_allclose(vectors, Embedder().embed(TEXTS[:2]), atol=1e-6)
         assert result.units == result.output["tokens"] > 0 and result.amount_minor == result.units
-        token = world.token(listing=CSV, unit="rows", price=5, max_call_units=1000)
+        token = world.token(listing=CSV, unit="rows", price=5, max_call_units=10**6, budget=10**8)
         with open_session(token, world.buyer_key, world.hub_keys, seller=node.address) as session:
             stats = session.invoke({"csv": "x\n1\n2\n"})
             session.close()

@@ -142,7 +142,7 @@ def test_failed_timed_out_and_cancelled_calls_are_not_billed(world: World, node:
 
 
 def test_a_safety_rejection_is_signed_and_costs_nothing(world: World, node: Node) -> None:
-    token = world.token(listing=CSV, unit="rows", price=2, max_call_units=1000)
+    token = world.token(listing=CSV, unit="rows", price=2, max_call_units=10**6, budget=10**8)
     claims = _claims(world, token)
     with _open(world, node, token) as session:
         with pytest.raises(InvokeInputRejected) as injected:
@@ -207,7 +207,9 @@ def test_refusals_at_connection_each_have_their_code(world: World, node: Node) -
     expired = world.token(now=int(time.time()) - 4000)
     cases = [(expired, InvokeTokenExpired), (world.token(aud="another-device"), InvokeWrongAudience),
              (world.token(listing="00000000-0000-5000-8000-000000000000"), InvokeNotServed),
-             (world.token(unit="rows", max_call_units=5), InvokeUnitMismatch)]
+             (world.token(unit="rows", max_call_units=5), InvokeUnitMismatch),
+             # a cap below the asset's would bill a call for fewer units than it counts
+             (world.token(listing=ROWS, unit="rows", max_call_units=999), InvokeUnitMismatch)]
     for token, error in cases:
         with pytest.raises(error):
             _open(world, node, token)
@@ -297,8 +299,8 @@ def test_a_session_s_byte_limits_end_it(tmp_path: Path) -> None:
             wait_until(lambda: session.final_receipt is not None, 20, what="the session ending at its limit")
             final = session.final_receipt["credentialSubject"]
         assert (final["end_reason"], final["cumulative_units"]) == ("limit", 1)
-        with _open(world, tight, world.token(listing=BIG, unit="bytes", price=1, budget=10**6,
-                                             max_call_units=4096)) as session:
+        with _open(world, tight, world.token(listing=BIG, unit="bytes", price=1, budget=10**8,
+                                             max_call_units=8 * 2**20)) as session:
             with pytest.raises(InvokeLimitReached) as caught:
                 session.invoke({"bytes": 2000})  # 2,011 output bytes: over the session's 1,000
             assert caught.value.receipt["credentialSubject"]["outcome"] == "failed"  # a receipt, unbilled

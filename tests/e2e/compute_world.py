@@ -95,9 +95,19 @@ class Seller:
     uplink: subprocess.Popen[str] | None = None
 
 
+# The example counts up to 1,000,000 rows a call: a session's budget must cover one call at most,
+# which is more than the test's deposit; this seller counts at most 100.
+CALL_CAPS = {"csvstats": 100}
+
+
 def publish_example(hub_url: str, home: Path, tmp: Path, name: str, price_minor: int) -> dict[str, Any]:
-    """Profile the example's manifest, publish it, register it for that listing."""
-    manifest = EXAMPLES / f"{name}.json"
+    """Profile the example's manifest, publish it, register it for that listing (with this test's
+    seller's cap per call, CALL_CAPS, so one call's worth fits the test channel's deposit)."""
+    data = json.loads((EXAMPLES / f"{name}.json").read_text())
+    if name in CALL_CAPS:
+        data["metering"] = {**data.get("metering", {}), "max_units_per_call": CALL_CAPS[name]}
+    manifest = tmp / f"{name}.json"
+    manifest.write_text(json.dumps(data))
     report = tmp / f"{name}.profile.json"
     aim_node(home, "profile", str(manifest), "--manifest", "--out", str(report))
     published = aim_node(home, "publish", str(report), "--price", str(price_minor), "--currency", "USD",

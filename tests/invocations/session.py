@@ -39,9 +39,11 @@ class Session:
 @dataclass
 class Market(Shop):
     def compute_listing(self, seller: dict[str, Any], *, price_minor: int = 7, unit: str = "calls",
-                        currency: str = "USD") -> str:
+                        currency: str = "USD", max_units_per_call: int | None = None) -> str:
         item = listing(f"pipeline {uuid.uuid4().hex[:8]}", price_minor=price_minor, currency=currency,
                        kind="pipeline", metering_unit=unit, framework="python")
+        if max_units_per_call is not None:
+            item["max_units_per_call"] = max_units_per_call
         from tests.catalogue.helpers import publish
 
         r = publish(self.client, seller, item)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from domain.model.errors import MarketError
+from domain.model.invoke import stored_claims
 from tests.invocations.session import Market
 from tests.purchases.shop import Shop
 
@@ -132,3 +133,15 @@ def test_a_channel_closed_during_a_session_settles_when_its_hold_ends(mkt: Marke
     mkt.report_final(s, mkt.final_body(s, 10, countersigned_units=10))
     channel = mkt.channel(s.buyer)
     assert (channel["status"], channel["settled_minor"], channel["refunded_minor"]) == ("settled", 70, 9_930)
+
+
+def test_the_call_cap_is_the_listings_and_the_buyer_cannot_lower_it(mkt: Market) -> None:
+    """The node bills a call at most the token's ``max_call_units``: a buyer naming less than the
+    seller's signed ``max_units_per_call`` would pay less than the units the node counts."""
+    seller, buyer = mkt.seller(), mkt.buyer(10_000)
+    rows = mkt.compute_listing(seller, unit="rows", price_minor=1, max_units_per_call=500)
+    low = mkt.open(buyer, rows, budget_minor=1_000, max_call_units=10)
+    assert (low.status_code, low.json["code"], low.json["param"]) == (422, "invalid_input", "max_call_units")
+    r = mkt.open(buyer, rows, budget_minor=1_000)
+    assert r.status_code == 201, r.json
+    assert stored_claims(r.json["invoke_token"]).max_call_units == 500

@@ -317,3 +317,20 @@ def test_duplicate_sketch_does_not_depend_on_batching():
     assert whole.duplicate_share() == pieces.duplicate_share()
     assert whole.level == pieces.level
     assert whole.counts.sort("h").equals(pieces.counts.sort("h"))
+
+
+def test_a_compute_manifest_s_cap_per_call_goes_into_the_listing() -> None:
+    """The hub puts the listing's ``max_units_per_call`` in the invoke token (``max_call_units``):
+    the seller signs it, so a buyer cannot ask for a lower cap and pay for fewer units."""
+    from jsonschema import Draft202012Validator
+
+    from domain.model.listing_schema import LISTING
+    from node.publishing import listing_from_report
+
+    examples = Path(__file__).resolve().parents[2] / "node" / "compute" / "examples"
+    report = profile_manifest(examples / "csvstats.json")
+    assert report["max_units_per_call"] == 1_000_000
+    listing = listing_from_report(report, price_minor=2, currency="USD", licence="MIT", category="tools")
+    assert listing["max_units_per_call"] == 1_000_000
+    Draft202012Validator(LISTING).validate(listing)
+    assert "max_units_per_call" in profile_manifest(examples / "echo.json")  # calls: 1
