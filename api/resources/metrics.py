@@ -137,7 +137,6 @@ class StoreCollector:
         try:
             head = self.market.recorder.max_notification_id() or 0
             states = read_health(self.views, head)
-            self.facts.refresh(head)
         except Exception as exc:  # noqa: BLE001 - a scrape reports the outage instead of failing
             log.warning("metrics.store_unreachable", error=repr(exc))
             up.add_metric([], 0)
@@ -145,6 +144,10 @@ class StoreCollector:
             return
         up.add_metric([], 1)
         yield up
+        try:
+            self.facts.refresh(head)
+        except Exception as exc:  # noqa: BLE001 - e.g. no audit_events table before the projections' first run
+            log.warning("metrics.facts_unavailable", error=repr(exc))  # the last counts read are reported
         yield GaugeMetricFamily("aimarket_event_log_head_position", "Position of the newest event in the log",
                                 value=head)
         yield from projection_families(states)
