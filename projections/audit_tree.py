@@ -38,7 +38,7 @@ from projections.base import Projection, lock_ddl
 
 TILE_WIDTH = 256
 TILE_HEIGHT = 8  # 2**8 = 256 hashes per tile
-HEADS_LOCK_KEY = 7_346_112_013  # serialises head signing across hosts (PostgreSQL advisory lock)
+HEADS_LOCK_KEY = 7_346_112_014  # serialises head signing across hosts (PostgreSQL advisory lock)
 APPEND = "INSERT INTO audit_tree_leaves VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 PG_APPEND = (f"WITH appended AS ({APPEND} RETURNING leaf_index) UPDATE audit_tree_cursor SET tree_size = ?"  # noqa: S608 - constants only
              " WHERE id = 1 RETURNING (SELECT count(*) FROM appended) AS inserted")

@@ -145,8 +145,12 @@ class SearchProjection(Projection):
                price: tuple[int, str], at: str) -> None:
         vector = vectors.to_bytes(shared_embedder().embed_one(listing_text(metadata)))
         device_id = owner["device_id"]
+        # The seq lock first, the score after: trust writes scores and listings' copies under the
+        # same lock, so a score read once it is held is the latest committed (read committed), and
+        # a trust update cannot slip between the read and this row's write.
+        seq = next_search_seq(tx, position)
         trust = device_score(tx, device_id) if device_id else None
-        tx.execute(UPSERT, row_values(listing_id, next_search_seq(tx, position), owner, metadata, price, vector, at,
+        tx.execute(UPSERT, row_values(listing_id, seq, owner, metadata, price, vector, at,
                                       TRUST_PRIOR if trust is None else trust))
         if tx.dialect == "postgres":
             tx.execute(PG_TSV + " WHERE listing_id = ?", (listing_id,))
