@@ -43,7 +43,7 @@ REPLAY_WITH: dict[str, tuple[str, ...]] = {
 SEEDED: dict[str, tuple[tuple[str, str], ...]] = {
     "audit_tree": (("audit_tree_leaves", "leaf_index < ?"), ("audit_tree_nodes", "1 = 1")),
 }
-REBUILD_BATCH = 2_000  # events per transaction while a scratch store is filled
+REBUILD_BATCH = 10_000  # events per transaction while a scratch store is filled
 _TABLE_RE = re.compile(r"CREATE\s+(?:VIRTUAL\s+)?TABLE\s+IF\s+NOT\s+EXISTS\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
 
 Out = Callable[[str], None]
@@ -82,10 +82,24 @@ def rebuild_in_place(runtime: Any, only: str | None, out: Out = print) -> int:
     return 1 if refused else 0
 
 
+#: How a scratch runner writes (each a lever the replay bench measures against its baseline):
+#: INSERTs sent in runs (``projections.coalesce``), the projections' batch buffers
+#: (``Projection.buffered``), commits that do not wait for the WAL, large transactions.
+SCRATCH_WRITES: dict[str, Any] = {"coalesce_writes": True, "buffer_writes": True, "durable": False,
+                                  "batch_size": REBUILD_BATCH}
+
+
+def scratch_runner(projection: Projection, *, recorder: Any, mapper: Any, views: Any, **overrides: Any
+                   ) -> ProjectionRunner:
+    """A runner that rebuilds ``projection`` into a scratch store (``overrides``: a baseline)."""
+    return ProjectionRunner(projection, recorder=recorder, mapper=mapper, views=views, lock=NoLock(),
+                            **{**SCRATCH_WRITES, **overrides})
+
+
 def replay(runtime: Any, *, only: str | None = None, keep: bool = False, file: str | None = None,
            out: Out = print, note: Out = print, coalesce: bool = True) -> int:
     """Replay into a scratch store and compare with the live one; 0 only when all is equal.
-    ``coalesce``: INSERTs sent in runs (``projections.coalesce``), the rebuild's main lever."""
+    ``coalesce``: the scratch writes of ``SCRATCH_WRITES`` (off: a live runner's, one by one)."""
     compared, replayed = select(only)
     log = FileLog(file) if file else None
     live = live_snapshot(runtime.settings)
@@ -93,9 +107,9 @@ def replay(runtime: Any, *, only: str | None = None, keep: bool = False, file: s
     try:
         positions = live.tracking()
         stops, skipped = _stops(runtime, log, replayed, positions)
-        runners = [ProjectionRunner(p, recorder=log or runtime.market.recorder, mapper=runtime.market.mapper,
-                                    views=scratch.views, lock=NoLock(), batch_size=REBUILD_BATCH,
-                                    coalesce_writes=coalesce) for p in replayed]
+        plain = {} if coalesce else {"coalesce_writes": False, "buffer_writes": False, "durable": True}
+        runners = [scratch_runner(p, recorder=log or runtime.market.recorder, mapper=runtime.market.mapper,
+                                  views=scratch.views, **plain) for p in replayed]
         for runner in runners:
             runner.setup()
         _seed(live, scratch, [p.name for p in replayed], positions)

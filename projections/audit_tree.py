@@ -54,6 +54,7 @@ class AuditTree(Projection):
     def __init__(self) -> None:
         self._tx: Tx | None = None  # the transaction the cached size belongs to
         self._size = 0
+        self._held: list[tuple[Any, ...]] = []  # buffered only: the batch's leaf rows, not yet checked
 
     def ddl(self, dialect: str) -> list[str]:
         blob = "BYTEA" if dialect == "postgres" else "BLOB"
@@ -72,11 +73,15 @@ class AuditTree(Projection):
 
     def process(self, event: Any, tx: Tx, position: int) -> None:  # every stored record, one handler
         if self._tx is not tx:  # a new transaction: read the size once, then keep it (write-through)
-            self._tx, self._size = tx, tree_size(tx)
+            self._tx, self._size, self._held = tx, tree_size(tx), []
         index = self._size
         entry = entry_of(position, event.originator_id, event.originator_version, event.topic, event.state)
         leaf = entry_leaf_hash(entry)
         row = (index, position, leaf, entry["originator_id"], _actor(event.state))
+        if self.buffered:  # checked and written with the batch's others in flush
+            self._held.append(row)
+            self._size = index + 1
+            return
         if tx.dialect == "postgres":  # one round trip: the leaf and the cursor in one statement
             found = tx.fetchone(PG_APPEND, (*row, index + 1))
             inserted = int(found["inserted"]) if found else 0
@@ -87,6 +92,36 @@ class AuditTree(Projection):
             _check_stored_leaf(tx, index, position, leaf)
         self._size = index + 1
         _complete_tiles(tx, self._size)
+
+
+    def flush(self, tx: Tx) -> None:
+        """The batch's leaves (``buffered``): the stored ones they meet read in one query and
+        checked in log order as :func:`_check_stored_leaf` checks one, the new ones written in one
+        run, the cursor moved once, the tiles they complete stored."""
+        held, self._held = self._held, []
+        if not held or self._tx is not tx:
+            return
+        first, last = held[0][0], held[-1][0]
+        stored = tx.fetchall("SELECT leaf_index, position, leaf_hash FROM audit_tree_leaves WHERE"
+                             " (leaf_index >= ? AND leaf_index <= ?) OR (position >= ? AND position <= ?)",
+                             (first, last, held[0][1], held[-1][1]))
+        by_index = {int(r["leaf_index"]): r for r in stored}
+        by_position = {int(r["position"]): int(r["leaf_index"]) for r in stored}
+        new: list[tuple[Any, ...]] = []
+        for row in held:
+            index, position, leaf = row[0], row[1], row[2]
+            if index in by_index or position in by_position:  # an insert would conflict: must be this event
+                _verify_leaf(by_index.get(index), by_position.get(position), index, position, leaf)
+            else:
+                new.append(row)
+            if (index + 1) % TILE_WIDTH == 0:  # a tile complete: its leaves written, then its hash (in order)
+                if new:
+                    tx.executemany(APPEND, new)
+                    new = []
+                _complete_tiles(tx, index + 1)
+        if new:
+            tx.executemany(APPEND, new)
+        tx.execute("UPDATE audit_tree_cursor SET tree_size = ? WHERE id = 1", (last + 1,))
 
 
 def _actor(state: bytes) -> str:
@@ -102,11 +137,22 @@ def _actor(state: bytes) -> str:
 def _check_stored_leaf(tx: Tx, index: int, position: int, leaf: bytes) -> None:
     """The leaf exists from an earlier pass: it must be this very event."""
     row = tx.fetchone("SELECT position, leaf_hash FROM audit_tree_leaves WHERE leaf_index = ?", (index,))
+    other = None
+    if row is None:
+        found = tx.fetchone("SELECT leaf_index FROM audit_tree_leaves WHERE position = ?", (position,))
+        other = None if found is None else int(found["leaf_index"])
+    _verify_leaf(row, other, index, position, leaf)
+
+
+def _verify_leaf(row: dict[str, Any] | None, other_index: int | None, index: int, position: int,
+                 leaf: bytes) -> None:
+    """Leaf ``index`` is stored as ``row`` (or not, and ``position`` is leaf ``other_index``):
+    it must be this very event, else the first difference is named (the one decision both the
+    per-event and the batch path take)."""
     if row is None:  # the position is taken by another leaf index: an event was inserted before it
-        other = tx.fetchone("SELECT leaf_index FROM audit_tree_leaves WHERE position = ?", (position,))
         raise TreeInconsistent(f"position {position}: the tree recorded this position as leaf "
-                               f"{other['leaf_index'] if other else '?'}, the log now has it as leaf {index}",
-                               position=position)
+                               f"{other_index if other_index is not None else '?'}, the log now has it as leaf "
+                               f"{index}", position=position)
     if int(row["position"]) != position:
         stored = int(row["position"])
         raise TreeInconsistent(

@@ -7,6 +7,7 @@ stored and added to its account's balance in the runner's transaction (exactly-o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import singledispatchmethod
 from typing import Any
 
@@ -16,6 +17,31 @@ from domain.model.ledger import ChannelRef, Posting
 from domain.model.payout import SellerPayouts
 from domain.model.ports import Tx
 from projections.base import Projection
+
+POSTING_SQL = "INSERT INTO ledger_postings VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+BALANCE_SQL = ("INSERT INTO ledger_balances VALUES (?, ?, ?) ON CONFLICT (account, currency) DO UPDATE"
+               " SET balance_minor = ledger_balances.balance_minor + excluded.balance_minor")
+SPENT_SQL = "UPDATE money_channels SET spent_minor = spent_minor + ?, fee_minor = fee_minor + ? WHERE channel_id = ?"
+EARNINGS_SQL = ("INSERT INTO seller_earnings VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
+                " (seller_account_id, currency, channel_id) DO UPDATE SET"
+                " gross_minor = seller_earnings.gross_minor + excluded.gross_minor,"
+                " fee_minor = seller_earnings.fee_minor + excluded.fee_minor,"
+                " net_minor = seller_earnings.net_minor + excluded.net_minor,"
+                " debits = seller_earnings.debits + excluded.debits")
+
+
+@dataclass
+class _Held:
+    """A rebuild's batch of writes kept in memory (``buffered``): postings as rows, the sums
+    as deltas per key. Every one is an append or an addition no handler reads back (``_ref``
+    reads only a channel's immutable columns), so writing them once at the end of the batch
+    gives the rows the statements one by one would give, in a few statements per batch."""
+
+    tx: Tx
+    postings: list[tuple[Any, ...]] = field(default_factory=list)
+    balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    spent: dict[str, list[int]] = field(default_factory=dict)  # channel -> [amount, fee]
+    earnings: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)  # -> [gross, fee, net, debits]
 
 
 class Balances(Projection):
@@ -34,6 +60,7 @@ class Balances(Projection):
 
     def __init__(self) -> None:
         self._refs: dict[str, ChannelRef] = {}  # immutable per channel: safe to keep
+        self._held: _Held | None = None  # buffered only: the open batch's writes
 
     def ddl(self, dialect: str) -> list[str]:
         return [
@@ -85,17 +112,42 @@ class Balances(Projection):
             self._refs[channel_id] = ref
         return ref
 
+    def _batch(self, tx: Tx) -> _Held | None:
+        """The held writes of ``tx`` (buffered only; a rolled-back batch's are dropped)."""
+        if not self.buffered:
+            return None
+        if self._held is None or self._held.tx is not tx:
+            self._held = _Held(tx)
+        return self._held
+
     def _post(self, tx: Tx, event: Any, position: int, kind: str, postings: list[Posting]) -> None:
         ledger.check_balanced(postings)
         at = event.timestamp.isoformat()
         channel_id = str(event.originator_id)
-        tx.executemany("INSERT INTO ledger_postings VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       [(position, i, p.account, p.currency, p.amount_minor, kind, channel_id, at)
-                        for i, p in enumerate(postings)])
-        tx.executemany(
-            "INSERT INTO ledger_balances VALUES (?, ?, ?) ON CONFLICT (account, currency) DO UPDATE"
-            " SET balance_minor = ledger_balances.balance_minor + excluded.balance_minor",
-            [(p.account, p.currency, p.amount_minor) for p in postings])
+        rows = [(position, i, p.account, p.currency, p.amount_minor, kind, channel_id, at)
+                for i, p in enumerate(postings)]
+        held = self._batch(tx)
+        if held is None:
+            tx.executemany(POSTING_SQL, rows)
+            tx.executemany(BALANCE_SQL, [(p.account, p.currency, p.amount_minor) for p in postings])
+            return
+        held.postings += rows
+        for p in postings:
+            key = (p.account, p.currency)
+            held.balances[key] = held.balances.get(key, 0) + p.amount_minor
+
+    def flush(self, tx: Tx) -> None:
+        held, self._held = self._held, None
+        if held is None or held.tx is not tx:
+            return
+        if held.postings:
+            tx.executemany(POSTING_SQL, held.postings)
+        if held.balances:
+            tx.executemany(BALANCE_SQL, [(*key, amount) for key, amount in held.balances.items()])
+        if held.spent:
+            tx.executemany(SPENT_SQL, [(amount, fee, channel_id) for channel_id, (amount, fee) in held.spent.items()])
+        if held.earnings:
+            tx.executemany(EARNINGS_SQL, [(*key, *sums) for key, sums in held.earnings.items()])
 
     def _channel(self, tx: Tx, channel_id: str, sql_set: str, params: tuple[Any, ...]) -> None:
         tx.execute(f"UPDATE money_channels SET {sql_set} WHERE channel_id = ?", (*params, channel_id))  # noqa: S608
@@ -138,15 +190,18 @@ class Balances(Projection):
         channel_id = str(event.originator_id)
         ref = self._ref(tx, channel_id)
         amount, fee = event.amount_minor, event.fee_minor
-        self._channel(tx, channel_id, "spent_minor = spent_minor + ?, fee_minor = fee_minor + ?", (amount, fee))
         self._post(tx, event, position, "debit", ledger.debited(ref, amount, fee, event.seller_account_id))
-        tx.execute(
-            "INSERT INTO seller_earnings VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT"
-            " (seller_account_id, currency, channel_id) DO UPDATE SET"
-            " gross_minor = seller_earnings.gross_minor + excluded.gross_minor,"
-            " fee_minor = seller_earnings.fee_minor + excluded.fee_minor,"
-            " net_minor = seller_earnings.net_minor + excluded.net_minor, debits = seller_earnings.debits + 1",
-            (event.seller_account_id, ref.currency, channel_id, amount, fee, amount - fee))
+        held = self._batch(tx)
+        if held is None:
+            tx.execute(SPENT_SQL, (amount, fee, channel_id))
+            tx.execute(EARNINGS_SQL, (event.seller_account_id, ref.currency, channel_id, amount, fee, amount - fee, 1))
+            return
+        spent = held.spent.setdefault(channel_id, [0, 0])
+        spent[0] += amount
+        spent[1] += fee
+        sums = held.earnings.setdefault((event.seller_account_id, ref.currency, channel_id), [0, 0, 0, 0])
+        for i, delta in enumerate((amount, fee, amount - fee, 1)):
+            sums[i] += delta
 
     @process.register
     def _hold_placed(self, event: Channel.HoldPlaced, tx: Tx, position: int) -> None:

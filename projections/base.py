@@ -32,6 +32,10 @@ class Projection:
     # Event classes this projection handles; empty means "every event" (e.g. the audit log).
     event_types: ClassVar[Sequence[type]] = ()
     tables: ClassVar[Sequence[str]] = ()
+    #: Set by a rebuild into a scratch store (``ProjectionRunner(buffer_writes=True)``): a
+    #: projection may then hold rows of the batch in memory and write them in :meth:`flush`.
+    #: Only how rows reach the database changes, never what a handler decides.
+    buffered: bool = False
 
     @property
     def topics(self) -> list[str]:
@@ -54,6 +58,10 @@ class Projection:
         with one registered handler per event type (a shared dispatcher would leak handlers
         between projections); events without a handler are ignored."""
         raise NotImplementedError
+
+    def flush(self, tx: Tx) -> None:
+        """Write what the batch held back (``buffered`` only); the runner calls it before it
+        moves the tracking row, in the same transaction, so the batch still commits whole."""
 
 
 def read_position(tx: Tx, name: str) -> tuple[int, int] | None:

@@ -56,7 +56,7 @@ class ProjectionRunner:
     def __init__(
         self, projection: Projection, *, recorder: Any, mapper: Any, views: ViewDB, lock: RunnerLock,
         batch_size: int = 500, poll_s: float = 0.5, heartbeat_s: float = health.HEARTBEAT_S,
-        coalesce_writes: bool = False,
+        coalesce_writes: bool = False, buffer_writes: bool = False, durable: bool = True,
     ) -> None:
         self.projection = projection
         self.recorder = recorder
@@ -68,6 +68,12 @@ class ProjectionRunner:
         self.heartbeat_s = heartbeat_s
         # Rebuilds into a scratch store only: INSERTs sent in runs (projections.coalesce).
         self.coalesce_writes = coalesce_writes
+        # Rebuilds into a scratch store only: the projection may hold the batch's rows in memory
+        # and write them once before the tracking row moves (Projection.buffered / flush).
+        if buffer_writes:
+            projection.buffered = True
+        # A scratch store needs no durability: its commits do not wait for the WAL flush.
+        self.durable = durable
         self.idle_advance_s = 1.0
         self.resume_poll_s = 0.5
         self.active = threading.Event()
@@ -120,6 +126,8 @@ class ProjectionRunner:
         head = head if stop is None else min(head, stop)
         with self.views.transaction() as opened:
             tx = CoalescingTx(opened) if self.coalesce_writes else opened
+            if not self.durable and tx.dialect == "postgres":
+                tx.execute("SET LOCAL synchronous_commit = off")
             tracked = read_position(tx, name)
             position = tracked[0] if tracked else 0
             if head <= position:
@@ -138,6 +146,7 @@ class ProjectionRunner:
                 except Exception:
                     self.failed_event = (notification.id, index)
                     raise
+            self.projection.flush(tx)
             new_position = notifications[-1].id if len(notifications) == self.batch_size else head
             if self._failing:
                 health.clear_failure(tx, name)

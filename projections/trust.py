@@ -74,6 +74,30 @@ class TrustProjection(Projection):
     tables = ("trust_devices", "trust_facts", "trust_purchases", "trust_identities", "trust_scores", "trust_clock",
               "trust_dirty", "trust_sessions")
 
+    def __init__(self) -> None:
+        # Buffered only (a rebuild), all of one transaction: the clock row (written once, in
+        # flush), devices known to exist, fact ids known to be stored. Each is what the
+        # statement it replaces would read or do; a new transaction starts them afresh.
+        self._tx: Tx | None = None
+        self._clock: tuple[int, int] | None = None
+        self._clock_moved = False
+        self._known_devices: set[str] = set()
+        self._known_facts: set[str] = set()
+
+    def _cache(self, tx: Tx) -> bool:
+        """True when the batch caches apply to ``tx`` (started afresh for a new one)."""
+        if not self.buffered:
+            return False
+        if self._tx is not tx:
+            self._tx, self._clock, self._clock_moved = tx, None, False
+            self._known_devices, self._known_facts = set(), set()
+        return True
+
+    def flush(self, tx: Tx) -> None:
+        if self.buffered and self._tx is tx and self._clock_moved and self._clock is not None:
+            tx.execute("UPDATE trust_clock SET now_ms = ?, scored_ms = ? WHERE id = 1", self._clock)
+            self._clock_moved = False
+
     def ddl(self, dialect: str) -> list[str]:
         return [
             "CREATE TABLE IF NOT EXISTS trust_devices (device_id TEXT PRIMARY KEY, account_id TEXT NOT NULL,"
@@ -113,6 +137,8 @@ class TrustProjection(Projection):
         at_ms = ms_of(event)
         tx.execute("INSERT INTO trust_devices VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING",
                    (str(event.originator_id), event.account_id, at_ms, at_ms))
+        if self._cache(tx):
+            self._known_devices.add(str(event.originator_id))
         self._after(tx, position, at_ms, str(event.originator_id))
 
     @process.register
@@ -230,8 +256,15 @@ class TrustProjection(Projection):
 
     def _fact(self, tx: Tx, ref: str, device_id: str, kind: str, at_ms: int, *, code: str = "",
               signal_kind: str = "", fact_id: str | None = None) -> bool:
-        return bool(tx.execute("INSERT INTO trust_facts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fact_id) DO NOTHING",
-                               (fact_id or ref, device_id, kind, at_ms, code, signal_kind, ref)))
+        fact_id = fact_id or ref
+        cached = self._cache(tx)
+        if cached and fact_id in self._known_facts:
+            return False  # stored already: the INSERT would do nothing
+        inserted = bool(tx.execute("INSERT INTO trust_facts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fact_id)"
+                                   " DO NOTHING", (fact_id, device_id, kind, at_ms, code, signal_kind, ref)))
+        if cached:
+            self._known_facts.add(fact_id)
+        return inserted
 
     def _identity(self, tx: Tx, source_id: str, account_id: str, identity: str) -> None:
         tx.execute("INSERT INTO trust_identities VALUES (?, ?, ?) ON CONFLICT (source_id) DO NOTHING",
@@ -255,11 +288,17 @@ class TrustProjection(Projection):
         Scoring at event-time boundaries, not per event, keeps a busy seller's rebuild linear
         and stays a function of the log: the same events give the same scores however they
         are batched."""
-        clock = tx.fetchone("SELECT now_ms, scored_ms FROM trust_clock WHERE id = 1")
+        cached = self._cache(tx)
+        clock = self._clock if cached else None
         if clock is None:
-            tx.execute("INSERT INTO trust_clock VALUES (1, ?, ?)", (at_ms, at_ms))
-            return
-        now_ms, scored_ms = max(int(clock["now_ms"]), at_ms), int(clock["scored_ms"])
+            row = tx.fetchone("SELECT now_ms, scored_ms FROM trust_clock WHERE id = 1")
+            if row is None:
+                tx.execute("INSERT INTO trust_clock VALUES (1, ?, ?)", (at_ms, at_ms))
+                if cached:
+                    self._clock = (at_ms, at_ms)
+                return
+            clock = (int(row["now_ms"]), int(row["scored_ms"]))
+        now_ms, scored_ms = max(clock[0], at_ms), clock[1]
         if now_ms // SCORE_INTERVAL_MS > scored_ms // SCORE_INTERVAL_MS:
             every = now_ms // SWEEP_INTERVAL_MS > scored_ms // SWEEP_INTERVAL_MS
             devices = tx.fetchall("SELECT device_id FROM trust_devices ORDER BY device_id" if every else
@@ -273,11 +312,18 @@ class TrustProjection(Projection):
                 self._score_account(tx, position, now_ms, row["account_id"])
             tx.execute("DELETE FROM trust_dirty")
             scored_ms = now_ms
+        if cached:  # written once, in flush
+            self._clock, self._clock_moved = (now_ms, scored_ms), True
+            return
         tx.execute("UPDATE trust_clock SET now_ms = ?, scored_ms = ? WHERE id = 1", (now_ms, scored_ms))
 
     def _after(self, tx: Tx, position: int, at_ms: int, device_id: str) -> None:
         """A fact of ``device_id`` changed: score it (and its account) at the next minute."""
-        if tx.fetchone("SELECT 1 AS known FROM trust_devices WHERE device_id = ?", (device_id,)) is not None:
+        cached = self._cache(tx)
+        known = cached and device_id in self._known_devices
+        if known or tx.fetchone("SELECT 1 AS known FROM trust_devices WHERE device_id = ?", (device_id,)) is not None:
+            if cached:
+                self._known_devices.add(device_id)
             tx.execute("INSERT INTO trust_dirty VALUES (?) ON CONFLICT (device_id) DO NOTHING", (device_id,))
         self._tick(tx, position, at_ms)
 

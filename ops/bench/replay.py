@@ -186,21 +186,29 @@ def raw_read(market: Any) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def rebuild(runtime: Any, *, parallel: bool, coalesce: bool = True) -> tuple[dict[str, float], float]:
+#: The baselines, each differing from ``aimarket audit replay``'s scratch runner
+#: (``ops.audit_replay.SCRATCH_WRITES``) in one named setting.
+BASELINES: dict[str, dict[str, Any]] = {
+    "uncoalesced": {"coalesce_writes": False},  # INSERTs one by one
+    "unbuffered": {"buffer_writes": False},  # no projection batch buffers (balances, audit tree, trust)
+    "durable": {"durable": True},  # every commit waits for the WAL flush
+    "batch2000": {"batch_size": 2_000},  # the earlier transaction size
+}
+
+
+def rebuild(runtime: Any, *, parallel: bool, **overrides: Any) -> tuple[dict[str, float], float]:
     """Every projection rebuilt from 0 into one scratch schema, as ``aimarket audit replay``
-    does; (seconds per projection, total)."""
-    from ops.audit_replay import REBUILD_BATCH, rebuild_all
-    from ops.replay_store import NoLock, ScratchStore
+    does (``overrides``: a baseline's setting); (seconds per projection, total)."""
+    from ops.audit_replay import rebuild_all, scratch_runner
+    from ops.replay_store import ScratchStore
     from projections.registry import all_projections
-    from projections.runner import ProjectionRunner
 
     scratch = ScratchStore(runtime.settings)
     try:
         per: dict[str, float] = {}
         started = time.perf_counter()
-        runners = [ProjectionRunner(p, recorder=runtime.market.recorder, mapper=runtime.market.mapper,
-                                    views=scratch.views, lock=NoLock(), batch_size=REBUILD_BATCH,
-                                    coalesce_writes=coalesce)
+        runners = [scratch_runner(p, recorder=runtime.market.recorder, mapper=runtime.market.mapper,
+                                  views=scratch.views, **overrides)
                    for p in all_projections()]
         for runner in runners:
             runner.setup()
@@ -222,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--uncoalesced", action="store_true", help="also rebuild with coalesce_writes off each "
-                        "round (the baseline differing in that one setting)")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), help="also rebuild each round with this one "
+                        "setting changed (uncoalesced: INSERTs one by one; unbuffered: no projection batch buffers; "
+                        "durable: synchronous commits; batch2000: 2,000 events per transaction)")
     parser.add_argument("--parallel", action="store_true", help="rebuild independent projections in threads "
                         "(default: one after the other, as 'aimarket audit replay' does)")
     args = parser.parse_args(argv)
@@ -251,17 +260,18 @@ def main(argv: list[str] | None = None) -> int:
                           "rebuild_s": round(total_s, 1), "per_projection_s": per,
                           "raw_read_events_per_s": round(read / raw_s), "raw_read_s": round(raw_s, 1),
                           "status": {"rebuilt": len(per), "failed": 0}}
-                if args.uncoalesced:  # the baseline differing in one setting: coalesce_writes off
-                    plain_per, plain_s = rebuild(runtime, parallel=args.parallel, coalesce=False)
+                if args.baseline:  # the baseline differing in one setting
+                    plain_per, plain_s = rebuild(runtime, parallel=args.parallel, **BASELINES[args.baseline])
                     plain.append(events / plain_s)
-                    record |= {"uncoalesced_events_per_s": round(events / plain_s), "uncoalesced_per_projection_s":
+                    record |= {"baseline_events_per_s": round(events / plain_s), "baseline_per_projection_s":
                                plain_per}
                 emit({**record, "load": loadavg()})
             emit({"summary": {"events": events, "rounds": args.rounds, "rebuild_events_per_s": round(median(rates) or 0),
                               "raw_read_events_per_s": round(median(raws) or 0),
                               "rebuild_over_raw": ratio(median(rates), median(raws)),
-                              "uncoalesced_events_per_s": round(median(plain)) if plain else None,
-                              "coalesced_over_uncoalesced": ratio(median(rates), median(plain)) if plain else None,
+                              "baseline": args.baseline,
+                              "baseline_events_per_s": round(median(plain)) if plain else None,
+                              "rebuild_over_baseline": ratio(median(rates), median(plain)) if plain else None,
                               "target_events_per_s": 40_000, "target_ratio": 0.6, **quiet, "load_end": loadavg()}})
         finally:
             runtime.close()
