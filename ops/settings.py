@@ -230,6 +230,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     delivery_transfer_s = _int(env, "AIMARKET_DELIVERY_TRANSFER_S", 24 * 3600, low=1, high=30 * 86400)
     if delivery_start_s > delivery_transfer_s:
         raise SettingsError("AIMARKET_DELIVERY_START_S must not exceed AIMARKET_DELIVERY_TRANSFER_S")
+    invoke_start_s = _int(env, "AIMARKET_INVOKE_START_S", 15 * 60, low=1, high=7 * 86400)
+    invoke_session_s = _int(env, "AIMARKET_INVOKE_SESSION_S", 3600, low=60, high=7 * 86400)
+    if invoke_start_s > invoke_session_s:
+        raise SettingsError("AIMARKET_INVOKE_START_S must not exceed AIMARKET_INVOKE_SESSION_S")
     return Settings(
         data_dir=_data_dir(env, "AIMARKET_DATA_DIR"),
         database_url=database_url,
@@ -266,7 +270,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         debit_batch_ms=_float(env, "AIMARKET_DEBIT_BATCH_MS", 2.0, low=0, high=1000),
         delivery_start_s=delivery_start_s,
         delivery_transfer_s=delivery_transfer_s,
-        invoke_start_s=_int(env, "AIMARKET_INVOKE_START_S", 15 * 60, low=1, high=7 * 86400),
-        invoke_session_s=_int(env, "AIMARKET_INVOKE_SESSION_S", 3600, low=60, high=7 * 86400),
+        invoke_start_s=invoke_start_s,
+        invoke_session_s=invoke_session_s,
         invoke_report_grace_s=_int(env, "AIMARKET_INVOKE_REPORT_GRACE_S", 86400, low=0, high=30 * 86400),
     )

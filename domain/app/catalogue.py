@@ -173,4 +173,6 @@ class CatalogueService(Service):
         except TokenReplayed:
             raise NonceReplayed("this credential nonce was already used", param="proof.nonce") from None
         return device, {"credential_digest": credential_digest(credential), "nonce": verified.nonce, "kid": kid,
-                        "created": credential["proof"]["created"]}
+                        "created": credential["proof"]["created"],
+                        # the signature itself, so an auditor re-verifies the listing from the log alone
+                        "proof_value": credential["proof"]["proofValue"]}

@@ -49,6 +49,9 @@ BAD: dict[str, list[str]] = {
     "AIMARKET_DEBIT_BATCH_MS": ["abc", "-1", "nan", "inf", "1001"],
     "AIMARKET_DELIVERY_START_S": ["soon", "0", "-1", "2592001", "86401"],  # the last: above the transfer's
     "AIMARKET_DELIVERY_TRANSFER_S": ["day", "0", "2592001", "899"],  # the last: below the start's
+    "AIMARKET_INVOKE_START_S": ["soon", "0", "604801", "3601"],  # the last: above the session's
+    "AIMARKET_INVOKE_SESSION_S": ["hour", "59", "604801", "899"],  # the last: below the start's
+    "AIMARKET_INVOKE_REPORT_GRACE_S": ["day", "-1", "2592001"],
 }
 CASES = [(name, value) for name, values in BAD.items() for value in values]
 
@@ -113,6 +116,9 @@ def test_good_values_parse() -> None:
         "AIMARKET_DEBIT_BATCH_MS": "0.5",
         "AIMARKET_DELIVERY_START_S": "60",
         "AIMARKET_DELIVERY_TRANSFER_S": "7200",
+        "AIMARKET_INVOKE_START_S": "120",
+        "AIMARKET_INVOKE_SESSION_S": "1800",
+        "AIMARKET_INVOKE_REPORT_GRACE_S": "0",
     }
     assert set(env) == set(BAD)
     s = load_settings(env)
@@ -126,7 +132,8 @@ def test_good_values_parse() -> None:
         chain_rpc_url="http://127.0.0.1:8545", channels_address=ADDRESS, token_address=ADDRESS.lower(),
         token_currency="USDC", operator_key_hex="0x" + KEY, stripe_api_key="sk_test_abc123",
         stripe_webhook_secret="whsec_abc123", stripe_api_base="https://api.stripe.com", debit_batch_ms=0.5,
-        delivery_start_s=60, delivery_transfer_s=7200,
+        delivery_start_s=60, delivery_transfer_s=7200, invoke_start_s=120, invoke_session_s=1800,
+        invoke_report_grace_s=0,
     )
     assert s.pg_parts() == {"host": "db.internal", "port": "6432", "user": "app", "password": "p@ss",
                             "dbname": "market"}

@@ -167,3 +167,24 @@ def test_an_export_verifies_offline_and_an_edited_line_is_named(signed: SignedWo
     report = json.loads(capsys.readouterr().out)
     assert any(p.startswith(f"position {position}: Listing.Updated: listing signature") for p in report["problems"])
     assert any("does not match the entries before it" in p for p in report["problems"])
+
+
+def test_listings_published_through_the_api_are_re_verified_from_the_log(pg_runtime) -> None:
+    """The catalogue records the proof value beside the digest, nonce, key and time, so the
+    listing the node signed is rebuilt from the event and its signature checked, not only its key."""
+    from falcon import testing
+
+    from api.app import create_app
+    from tests.catalogue.helpers import delist, listing, node, publish, update
+
+    client = testing.TestClient(create_app(runtime=pg_runtime))
+    n = node(client)
+    item = listing("Signed in the log", "rows of weather")
+    r = publish(client, n, item)
+    assert r.status_code == 201, r.json
+    assert update(client, n, r.json["id"], {**item, "title": "Signed in the log (v2)"}).status_code == 200
+    assert delist(client, n, r.json["id"]).status_code in (200, 204)
+    report = verify_log(pg_runtime.market)
+    assert report["signatures"]["ok"], report["signatures"]
+    assert report["signatures"]["checked"].get("listing signature") == 3, report["signatures"]
+    assert "listing signature" not in report["signatures"]["not_checked"], report["signatures"]
