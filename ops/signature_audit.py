@@ -18,13 +18,14 @@ cores). What is checked, per topic:
   credential is rebuilt from the event and its signature and recorded digest are verified;
 * ``Purchase.Purchased`` and ``Invocation.Opened``: the delivery (invoke) token's hub signature under the platform key its
   header names, valid at the event's time, and the event's ``kid``, ``jti``, ``cnf_jkt``,
-  seller device and purchase (invocation) id equal to the signed claims; the compute session's
-  receipts, countersignature and rejections are recorded as digests only (``Captured``,
-  ``RejectionRecorded``): nothing more to verify from the event itself;
+  seller device and purchase (invocation) id equal to the signed claims;
 * ``Trace.TraceRecorded``: the envelope's device signature under a key of the trace's device
   valid at the envelope's ``created`` (its ``kid`` the one recorded), the outbox entry hash; a
   receipt inside it is verified under a key of that device, a confirmation under the buyer key
-  the purchase's token names (``cnf``);
+  the purchase's token names (``cnf``); so are a compute session's final receipt and rejections
+  (the device's key) and the buyer's countersignature (the invoke token's ``cnf``);
+* ``Invocation.Captured/RejectionRecorded``: the final receipt (rejection) digest they hold must
+  be one a recorded, signed trace carried;
 * ``Purchase.ReceiptRecorded/ConfirmationRecorded/TokenRedeemed``: each must be what a
   recorded, signed trace carried (the receipt's or confirmation's digest; the redemption's
   token and buyer key);
@@ -49,11 +50,13 @@ from ops.signed_events import (
     KEY_SKEW_S,
     channel_opened,
     confirmation_recorded,
+    invocation_captured,
     invocation_opened,
     listing,
     purchased,
     receipt_recorded,
     redeemed,
+    rejection_recorded,
     trace,
     voucher,
 )
@@ -84,6 +87,7 @@ class SignatureAudit:
         self.platform_windows: dict[str, list[int | None]] = {}  # kid -> [from s, until s]
         self.listings: dict[str, tuple[str, str]] = {}  # listing -> (account, device)
         self.purchases: dict[str, dict[str, str]] = {}  # purchase -> {cnf_jkt, device}
+        self.invocations: dict[str, str] = {}  # invocation -> the invoke token's cnf jkt
         self.channels: dict[str, tuple[str, str]] = {}  # chain channel -> (wallet, chain channel id)
         self.traced: set[tuple[str, str]] = set()  # ("receipt"/"confirmation", digest), ("redemption", jti+jkt)
         self.recorded: list[tuple[int, str, str, tuple[str, str]]] = []  # facts a trace must have carried
@@ -245,6 +249,8 @@ CHECKS: dict[str, Check] = {
     "domain.model.purchase:Purchase.Purchased": purchased,
     "domain.model.purchase:Purchase.TokenRedeemed": redeemed,
     "domain.model.invocation:Invocation.Opened": invocation_opened,
+    "domain.model.invocation:Invocation.Captured": invocation_captured,
+    "domain.model.invocation:Invocation.RejectionRecorded": rejection_recorded,
     "domain.model.purchase:Purchase.ReceiptRecorded": receipt_recorded,
     "domain.model.purchase:Purchase.ConfirmationRecorded": confirmation_recorded,
     "domain.model.traces:Trace.TraceRecorded": trace,

@@ -101,7 +101,16 @@ def purchased(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
 
 
 def invocation_opened(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
+    audit.invocations[str(e.originator_id)] = e.cnf_jkt
     _hub_token(audit, position, topic, e, "invoke token")
+
+
+def invocation_captured(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
+    audit.recorded.append((position, topic, "recorded compute receipt", ("invoke_receipt", e.receipt)))
+
+
+def rejection_recorded(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
+    audit.recorded.append((position, topic, "recorded rejection", ("invoke_rejection", e.digest)))
 
 
 def _hub_token(audit: SignatureAudit, position: int, topic: str, e: Any, what: str) -> None:
@@ -156,6 +165,9 @@ def trace(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
         audit.fail(position, topic, "trace envelope", key)
         return
     audit.job(position, topic, "trace envelope", "vc", (envelope, None, True), key)
+    if e.effect == "refused":  # the hub refused what it carries (a lying receipt): a signal, no fact to prove
+        audit.skip(f"{entry.get('kind')} the hub refused")
+        return
     _trace_body(audit, position, topic, device_id, entry)
 
 
@@ -167,6 +179,9 @@ def _created_ms(envelope: dict[str, Any]) -> int:
 
 def _trace_body(audit: SignatureAudit, position: int, topic: str, device_id: str, entry: dict[str, Any]) -> None:
     kind, body = entry.get("kind"), entry.get("body")
+    if kind in ("invoke_final", "invoke_rejection") and isinstance(body, dict):
+        _invoke_body(audit, position, topic, device_id, kind, body)
+        return
     if kind == "redemption" and isinstance(body, dict):
         audit.traced.add(("redemption", f"{body.get('jti')} {body.get('jkt')}"))
         return
@@ -194,6 +209,40 @@ def _trace_body(audit: SignatureAudit, position: int, topic: str, device_id: str
         key = signer.to_bytes()
     audit.traced.add((kind, recorded_digest))
     audit.job(position, topic, what, "vc", (body, None, False), key)
+
+
+def _invoke_body(audit: SignatureAudit, position: int, topic: str, device_id: str, kind: str,
+                 body: dict[str, Any]) -> None:
+    """A compute session's final receipt and the buyer's countersignature, or a rejection: the
+    device signs receipts and rejections, the token's ``cnf`` key countersigns."""
+    from domain.model.invoke_receipts import digest
+
+    items = ([("compute receipt in trace", "invoke_receipt", body.get("receipt"), False),
+              ("countersignature in trace", "invoke_countersignature", body.get("countersignature"), True)]
+             if kind == "invoke_final" else [("rejection in trace", "invoke_rejection", body.get("rejection"), False)])
+    for what, fact, vc, by_buyer in items:
+        if vc is None:  # a session closed with nothing countersigned
+            continue
+        try:
+            signer = audit.did_key(vc["issuer"])
+            recorded_digest = digest(vc)
+            invocation_id = str((vc.get("credentialSubject") or {}).get("invocation_id"))
+        except Exception as exc:  # noqa: BLE001 - a malformed credential is a finding
+            audit.fail(position, topic, what, f"not a credential: {exc}")
+            continue
+        if by_buyer:
+            cnf_jkt = audit.invocations.get(invocation_id)
+            if cnf_jkt is not None and jwk_thumbprint(signer) != cnf_jkt:
+                audit.fail(position, topic, what, "not signed by the buyer key the invoke token names (cnf)")
+                continue
+            key: Any = signer.to_bytes()
+        else:
+            key = audit.device_key(device_id, signer.key_id, 0, any_time=True)  # it may have waited in the outbox
+            if isinstance(key, str):
+                audit.fail(position, topic, what, f"not signed by a key of the reporting device: {key}")
+                continue
+        audit.traced.add((fact, recorded_digest))
+        audit.job(position, topic, what, "vc", (vc, None, False), key)
 
 
 def receipt_recorded(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:

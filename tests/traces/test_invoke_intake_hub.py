@@ -87,3 +87,24 @@ def test_a_rejection_is_recorded_on_the_invocation_and_signalled_about_the_buyer
     assert view["rejections"] == 1 and view["captured_minor"] == 0
     [signal] = events(mkt.market, SIGNAL)
     assert (signal.kind, signal.subject["buyer_jkt"]) == ("invoke_rejection", claims.cnf_jkt)
+
+
+def test_audit_verify_checks_the_compute_receipt_countersignature_and_capture(mkt: Market) -> None:  # noqa: F811
+    """``audit verify`` verifies the final receipt (device key) and the countersignature (the
+    token's cnf key) in the trace that carried them, and the capture holds the digest of one;
+    a refused trace's lying receipt is the hub's refusal, not a violation of the log."""
+    from ops.audit import verify_log
+
+    s = mkt.session(budget_minor=700)
+    service, node = TraceService(mkt.market), node_of(s)
+    take(service, node, "invoke_bound", bound_body(s, s.claims.iat * 1000))
+    tampered = mkt.final_body(s, 40, countersigned_units=40)
+    tampered["receipt"] = copy.deepcopy(tampered["receipt"])
+    tampered["receipt"]["credentialSubject"]["ended_ms"] += 1
+    assert take(service, node, "invoke_final", tampered)["effect"] == "refused"
+    assert take(service, node, "invoke_final", mkt.final_body(s, 40, countersigned_units=40))["effect"] == "applied"
+    report = verify_log(mkt.market)
+    assert report["signatures"]["ok"], report["signatures"]
+    checked = report["signatures"]["checked"]
+    assert checked.get("compute receipt in trace") == 1 and checked.get("countersignature in trace") == 1, checked
+    assert report["signatures"]["not_checked"].get("invoke_final the hub refused") == 1
