@@ -33,19 +33,16 @@ from eventsourcing.domain import event
 
 from domain.model.base import MarketAggregate
 from domain.model.errors import (
-    InvalidInput,
     InvalidState,
     InvokeCountersignatureInvalid,
     InvokeReceiptInvalid,
     InvokeReceiptReplayed,
-    RedemptionKeyMismatch,
-    RedemptionWrongDevice,
-    RedemptionWrongToken,
 )
 from domain.model.ids import NS_PLATFORM, natural_id
 from domain.model.invoke import InvokeClaims, Settlement, settle, stored_claims
 from domain.model.invoke_receipts import digest, verify_countersignature, verify_receipt, verify_rejection
 from domain.model.keys import VerifyKey
+from domain.model.purchase import check_binding
 
 NS_INVOCATION = natural_id(NS_PLATFORM, "invocation")
 STATUSES = ("open", "bound", "captured", "lapsed")
@@ -135,15 +132,8 @@ class Invocation(MarketAggregate):
             RedemptionKeyMismatch: ``buyer_jkt`` is not the token's ``cnf`` thumbprint.
             InvalidInput: ``bound_at_ms`` is not epoch milliseconds.
         """
-        if jti != self.jti:
-            raise RedemptionWrongToken("the binding names another token than this invocation's", param="jti")
-        if device_id != self.seller_device_id:
-            raise RedemptionWrongDevice("the binding is reported for another device than the token's audience",
-                                        param="device_id")
-        if buyer_jkt != self.cnf_jkt:
-            raise RedemptionKeyMismatch("the token was bound to another key than its cnf key", param="jkt")
-        if type(bound_at_ms) is not int or not 0 <= bound_at_ms < 2**53:
-            raise InvalidInput("bound_at_ms must be epoch milliseconds", param="bound_at_ms")
+        check_binding(self, jti=jti, device_id=device_id, buyer_jkt=buyer_jkt, at_ms=bound_at_ms, report="binding",
+                      params=("jkt", "bound_at_ms"))
         if self.bound is not None:
             return False
         self._bound(meta=meta, jti=jti, device_id=device_id, buyer_jkt=buyer_jkt, bound_at_ms=bound_at_ms)

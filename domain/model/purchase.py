@@ -56,6 +56,27 @@ STATUSES = ("issued", "redeemed", "delivered", "expired", "revoked")
 REVOKE_REASON_CHARS_MAX = 200
 
 
+def check_binding(token_holder: Any, *, jti: str, device_id: str, buyer_jkt: str, at_ms: Any, report: str,
+                  params: tuple[str, str]) -> None:
+    """A node's report that it bound a token (a purchase's redemption, an invocation's binding)
+    names that token, its audience device and its ``cnf`` key; ``params`` name the key and time
+    fields in the report.
+
+    Raises:
+        RedemptionWrongToken, RedemptionWrongDevice, RedemptionKeyMismatch, InvalidInput.
+    """
+    owner = type(token_holder).__name__.lower()
+    if jti != token_holder.jti:
+        raise RedemptionWrongToken(f"the {report} names another token than this {owner}'s", param="jti")
+    if device_id != token_holder.seller_device_id:
+        raise RedemptionWrongDevice(f"the {report} is reported for another device than the token's audience",
+                                    param="device_id")
+    if buyer_jkt != token_holder.cnf_jkt:
+        raise RedemptionKeyMismatch("the token was bound to another key than its cnf key", param=params[0])
+    if type(at_ms) is not int or not 0 <= at_ms < 2**53:
+        raise InvalidInput(f"{params[1]} must be epoch milliseconds", param=params[1])
+
+
 def purchase_id_for(buyer_account_id: str, idempotency_key: str) -> UUID:
     """The purchase id of a buyer's request: a retry under the same key lands on the same id."""
     return natural_id(NS_PURCHASE, f"{buyer_account_id}\n{idempotency_key}")
@@ -144,15 +165,8 @@ class Purchase(MarketAggregate):
                 node bound the token to a key the hub never authorised).
             InvalidInput: ``redeemed_at_ms`` is not a non-negative integer.
         """
-        if jti != self.jti:
-            raise RedemptionWrongToken("the redemption names another token than this purchase's", param="jti")
-        if device_id != self.seller_device_id:
-            raise RedemptionWrongDevice("the redemption is reported for another device than the token's audience",
-                                        param="device_id")
-        if buyer_jkt != self.cnf_jkt:
-            raise RedemptionKeyMismatch("the token was bound to another key than its cnf key", param="buyer_jkt")
-        if type(redeemed_at_ms) is not int or not 0 <= redeemed_at_ms < 2**53:
-            raise InvalidInput("redeemed_at_ms must be epoch milliseconds", param="redeemed_at_ms")
+        check_binding(self, jti=jti, device_id=device_id, buyer_jkt=buyer_jkt, at_ms=redeemed_at_ms,
+                      report="redemption", params=("buyer_jkt", "redeemed_at_ms"))
         if self.redemption is not None:
             return False
         self._token_redeemed(meta=meta, jti=jti, device_id=device_id, buyer_jkt=buyer_jkt,
