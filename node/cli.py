@@ -34,6 +34,7 @@ first run:
 delivery:
   aim-node publish REPORT --file data.csv ...     # the listing commits to the file's blocks
   aim-node serve                                  # serve registered files to token holders
+  aim-node serve --compute-listen 127.0.0.1:9191  # ... and the registered compute assets too
   aim-node purchase-key --out buyer.jwk           # buyer: a key per purchase (give the hub its jkt)
   aim-node fetch --token t.jwt --key buyer.jwk --out data.csv --hub-key z6Mk...
 

@@ -49,10 +49,8 @@ def cmd_register(args: argparse.Namespace, load: Callable[[argparse.Namespace], 
     return 0
 
 
-def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
-    store = load(args)
-    if not store.device_id:
-        raise InvalidInput("this node is not enrolled yet: run `aim-node enroll` first")
+def registered_assets(home: Path) -> dict[str, Any]:
+    """The compute assets registered in ``home`` (InvalidInput when there is none)."""
     registry = Registry(paths(home)[0])
     try:
         assets = registry.assets()
@@ -60,6 +58,14 @@ def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any
         registry.close()
     if not assets:
         raise InvalidInput("no compute asset is registered: run `aim-node compute register MANIFEST --listing ID`")
+    return assets
+
+
+def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any], home: Path) -> int:
+    store = load(args)
+    if not store.device_id:
+        raise InvalidInput("this node is not enrolled yet: run `aim-node enroll` first")
+    assets = registered_assets(home)
     bare = frozenset(args.bare_listing or ())
     if bare - set(assets):
         raise InvalidInput(f"--bare-listing names unregistered listings: {sorted(bare - set(assets))}")

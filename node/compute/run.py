@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from node.compute.safety import SafetyCheck
 from node.compute.server import ComputeConfig, ComputeServer
 from node.compute.store import SessionStore
 from node.compute.workers import WorkerPool
+from node.delivery.run import stop_on_signals
 
 
 def paths(home: Path) -> tuple[Path, Path]:
@@ -27,8 +27,10 @@ def paths(home: Path) -> tuple[Path, Path]:
 
 async def serve(config: ComputeConfig, assets: dict[str, ComputeAsset], home: Path, host: str, port: int, *,
                 workers: int = 2, max_queue: int = 256, safety_options: dict[str, Any] | None = None,
-                ready: Callable[[str, int, ComputeServer], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; ``ready(host, port, server)`` once listening."""
+                ready: Callable[[str, int, ComputeServer], None] | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop``, when ``aim-node serve`` runs it beside delivery);
+    ``ready(host, port, server)`` once listening."""
     db, outbox = paths(home)
     store = SessionStore(db, outbox)
     # The seller's code runs without the keystore passphrase in its environment.
@@ -36,10 +38,7 @@ async def serve(config: ComputeConfig, assets: dict[str, ComputeAsset], home: Pa
     pool = WorkerPool({listing: asset.worker_spec() for listing, asset in assets.items()}, size=workers,
                       max_queue=max_queue, env=worker_env)
     safety = SafetyCheck({listing: asset.manifest for listing, asset in assets.items()}, **(safety_options or {}))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop if stop is not None else stop_on_signals()
     await pool.start()
     server = ComputeServer(config, assets, store, pool, safety)
     listener = await server.start(host, port)

@@ -15,7 +15,7 @@ from domain.model.delivery import jwk_thumbprint
 from domain.model.errors import InvalidInput, MarketError
 from domain.model.keys import SigningKey, VerifyKey
 from node.delivery.keys import save_buyer_key
-from node.delivery.run import announce, hub_keys_from_discovery, parse_hub_keys, serve
+from node.delivery.run import announce, hub_keys_from_discovery, parse_hub_keys, serve, stop_on_signals
 from node.delivery.server import ServerConfig
 from node.delivery.uplink import HubKeys, Uplink, UplinkThread, wall_ms
 from node.delivery.wire import parse_endpoint
@@ -73,16 +73,53 @@ def cmd_serve(args: argparse.Namespace, load: Callable[[argparse.Namespace], Any
                           max_connections=args.max_connections, max_per_client=args.max_per_client,
                           idle_timeout_s=args.idle_timeout, max_transfer_s=args.max_transfer,
                           max_resumes=args.max_resumes, max_rate_bps=args.max_rate)
+    compute = _compute(args, home, config) if args.compute_listen else None
     uplink = None
     if link is not None:
         def on_keys(trusted: dict[str, VerifyKey]) -> None:
             config.hub_keys = trusted  # one assignment: each new connection reads the current dict
+            if compute is not None:
+                compute[0].hub_keys = trusted
 
         uplink = UplinkThread(home / "outbox.sqlite", link, hub_keys=hub_keys, on_keys=on_keys,
                               heartbeat_s=args.heartbeat, refresh_s=args.keys_refresh, pump_s=args.pump)
     host, port = _listen(args, home)
-    asyncio.run(serve(config, home, host, port, uplink=uplink, ready=announce))
+    asyncio.run(_serve_all(config, home, host, port, uplink, compute, args.compute_listen))
     return 0
+
+
+def _compute(args: argparse.Namespace, home: Path, config: ServerConfig) -> tuple[Any, dict[str, Any]]:
+    """The compute server's config (``aim-node compute serve``'s defaults) and the registered assets."""
+    from node.compute.commands import registered_assets
+    from node.compute.server import ComputeConfig
+
+    assets = registered_assets(home)
+    return ComputeConfig(device_id=config.device_id, device_keys=config.device_keys, hub_keys=config.hub_keys), assets
+
+
+async def _serve_all(config: ServerConfig, home: Path, host: str, port: int, uplink: UplinkThread | None,
+                     compute: tuple[Any, dict[str, Any]] | None, compute_listen: str | None) -> None:
+    """Delivery, and with ``--compute-listen`` the compute assets beside it in the same process
+    (one stop for both: SIGINT/SIGTERM, or either server failing)."""
+    if compute is None:
+        await serve(config, home, host, port, uplink=uplink, ready=announce)
+        return
+    from node.compute.run import announce as compute_announce
+    from node.compute.run import serve as compute_serve
+
+    stop = stop_on_signals()
+
+    async def until_stop(server: Any) -> None:
+        try:
+            await server
+        finally:
+            stop.set()
+
+    compute_host, compute_port = parse_endpoint(compute_listen or "")
+    await asyncio.gather(
+        until_stop(serve(config, home, host, port, uplink=uplink, ready=announce, stop=stop)),
+        until_stop(compute_serve(compute[0], compute[1], home, compute_host, compute_port, ready=compute_announce,
+                                 stop=stop)))
 
 
 class ProgressBar:
@@ -202,6 +239,9 @@ def add_commands(sub: Any, *, load: Callable[[argparse.Namespace], Any],
     serve_p.add_argument("--keys-refresh", type=float, default=300.0,
                          help="seconds between reads of the hub's keys from its discovery document")
     serve_p.add_argument("--pump", type=float, default=2.0, help="seconds between outbox delivery rounds")
+    serve_p.add_argument("--compute-listen", metavar="HOST:PORT",
+                         help="also serve the compute assets registered in HOME (`aim-node compute register`) on "
+                              "HOST:PORT, in this process, with `aim-node compute serve`'s defaults")
     serve_p.set_defaults(func=bind(cmd_serve))
     fetch_p = sub.add_parser("fetch", help="buyer: fetch a purchased object straight from the seller's node")
     fetch_p.add_argument("purchase", nargs="?", help="a purchase made by `aim-node buy` on this node (its token "

@@ -34,14 +34,11 @@ def hub_keys_from_discovery(document: dict) -> dict[str, VerifyKey]:
 
 async def serve(config: ServerConfig, home: Path, host: str, port: int, *,
                 uplink: UplinkThread | None = None, server_class: type[DeliveryServer] = DeliveryServer,
-                ready: Callable[[str, int], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM. ``ready(host, port)`` is called once listening; ``uplink``
-    (heartbeats, hub keys, outbox delivery) runs on its own thread meanwhile."""
+                ready: Callable[[str, int], None] | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop``). ``ready(host, port)`` is called once listening;
+    ``uplink`` (heartbeats, hub keys, outbox delivery) runs on its own thread meanwhile."""
     store, outbox = DeliveryStore(home / "delivery.sqlite"), Outbox(home / "outbox.sqlite")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop if stop is not None else stop_on_signals()
     server = await server_class(config, store, outbox).start(host, port)
     bound_host, bound_port = server.sockets[0].getsockname()[:2]
     if uplink is not None:
@@ -60,6 +57,15 @@ async def serve(config: ServerConfig, home: Path, host: str, port: int, *,
             await asyncio.to_thread(uplink.stop)
         store.close()
         outbox.close()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (one per process: a second handler would replace the first)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def announce(host: str, port: int) -> None:
