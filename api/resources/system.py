@@ -109,7 +109,11 @@ class Discovery:
                             "did": signing.did_key},
             "key_exchange_key": {"kid": kx_kid, "alg": "X25519", "public_key": kx.to_multibase()},
             "api": {"base_path": "/v1", "openapi": "/openapi.json", "accounts": "/v1/accounts",
-                    "sessions": "/v1/sessions", "devices": "/v1/devices", "oauth_token": "/v1/oauth/token"},
+                    "sessions": "/v1/sessions", "devices": "/v1/devices", "oauth_token": "/v1/oauth/token",
+                    "listings": "/v1/listings", "purchases": "/v1/purchases", "invocations": "/v1/invocations",
+                    "traces": "/v1/traces",
+                    # what a third party needs to check the log with only this document's key
+                    "audit_tree_heads": "/v1/audit/tree-heads", "trust": "/v1/trust/{device_id}"},
             "fees": {"marketplace_fee_bps": 500},
         }
         resp.cache_control = ["public", "max-age=60"]
