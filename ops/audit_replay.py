@@ -188,17 +188,14 @@ def _insert(scratch: ScratchStore, sql: str, rows: list[tuple[Any, ...]]) -> Non
 SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (("search", "trust"),)
 
 
-def rebuild_all(runners: list[ProjectionRunner], stops: dict[str, int], note: Out, *, parallel: bool
-                ) -> dict[str, str]:
-    """Catch every runner up to its stop; the refusals by projection name."""
-    groups: list[list[ProjectionRunner]] = []
-    for runner in runners:
-        together = next((g for g in SEQUENTIAL_GROUPS if runner.projection.name in g), None)
-        group = next((g for g in groups if together and g[0].projection.name in together), None)
-        if group is None:
-            groups.append([runner])
-        else:
-            group.append(runner)
+def rebuild_all(runners: list[ProjectionRunner], stops: dict[str, int], note: Out, *, parallel: bool,
+                shared_read: bool = True) -> dict[str, str]:
+    """Catch every runner up to its stop; the refusals by projection name. ``shared_read``:
+    the log is read (and each event decoded) once for all of them (:func:`_run_shared`);
+    otherwise each runner reads it on its own (``ProjectionRunner.catch_up``)."""
+    groups = _groups(runners)
+    if shared_read:
+        return _run_shared(runners, groups, stops, note, parallel=parallel)
     refused: dict[str, str] = {}
     if not parallel:
         for group in groups:
@@ -207,6 +204,70 @@ def rebuild_all(runners: list[ProjectionRunner], stops: dict[str, int], note: Ou
     with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="replay") as pool:
         for outcome in pool.map(lambda g: _run(g, stops, note), groups):
             refused.update(outcome)
+    return refused
+
+
+def _groups(runners: list[ProjectionRunner]) -> list[list[ProjectionRunner]]:
+    groups: list[list[ProjectionRunner]] = []
+    for runner in runners:
+        together = next((g for g in SEQUENTIAL_GROUPS if runner.projection.name in g), None)
+        group = next((g for g in groups if together and g[0].projection.name in together), None)
+        if group is None:
+            groups.append([runner])
+        else:
+            group.append(runner)
+    return groups
+
+
+def _run_shared(runners: list[ProjectionRunner], groups: list[list[ProjectionRunner]], stops: dict[str, int],
+                note: Out, *, parallel: bool) -> dict[str, str]:
+    """One read of the log for every runner: each batch (every topic) is read and decoded once,
+    then each runner applies its events of it up to its stop, in its own transaction
+    (``ProjectionRunner.apply_read``); ``parallel``: the groups of a batch in threads."""
+    if not runners:
+        return {}
+    recorder, mapper, batch_size = runners[0].recorder, runners[0].mapper, runners[0].batch_size
+    head = recorder.max_notification_id() or 0
+    ends = {r.projection.name: head if stops.get(r.projection.name) is None else min(head, stops[r.projection.name])
+            for r in runners}
+    refused: dict[str, str] = {}
+    events = dict.fromkeys(ends, 0)
+    seconds = dict.fromkeys(ends, 0.0)
+
+    def apply(group: list[ProjectionRunner], batch: list[Any], upto: int, decode: Callable[[Any], Any]) -> None:
+        for runner in group:
+            name, started = runner.projection.name, time.perf_counter()
+            if name in refused:
+                continue
+            try:
+                events[name] += runner.apply_read(batch, min(upto, ends[name]), decode)
+            except MarketError as exc:
+                refused[name] = f"refused [{exc.code}]: {exc.detail}"
+            seconds[name] += time.perf_counter() - started
+
+    position, top = min(r.position() for r in runners), max(ends.values())
+    with ThreadPoolExecutor(max_workers=max(1, len(groups)) if parallel else 1, thread_name_prefix="replay") as pool:
+        while position < top:
+            batch = recorder.select_notifications(start=position, limit=batch_size, stop=top, inclusive_of_start=False)
+            upto = batch[-1].id if len(batch) == batch_size else top
+            decoded: dict[int, Any] = {}
+
+            def decode(notification: Any, decoded: dict[int, Any] = decoded) -> Any:
+                event = decoded.get(notification.id)
+                if event is None:
+                    event = decoded[notification.id] = mapper.to_domain_event(notification)
+                return event
+
+            if parallel:
+                list(pool.map(lambda g, b=batch, u=upto, d=decode: apply(g, b, u, d), groups))
+            else:
+                for group in groups:
+                    apply(group, batch, upto, decode)
+            position = upto
+    for runner in runners:
+        name = runner.projection.name
+        if name not in refused:
+            note(f"{name}: replayed {events[name]} events to position {stops.get(name)} in {seconds[name]:.1f} s")
     return refused
 
 

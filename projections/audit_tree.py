@@ -118,7 +118,11 @@ class AuditTree(Projection):
                 if new:
                     tx.executemany(APPEND, new)
                     new = []
-                _complete_tiles(tx, index + 1)
+                # Each held leaf now equals the stored one (checked or written): a tile wholly in
+                # the batch is hashed from memory.
+                tile = [r[2] for r in held[index + 1 - TILE_WIDTH - first:index + 1 - first]] \
+                    if index + 1 - TILE_WIDTH >= first else None
+                _complete_tiles(tx, index + 1, tile)
         if new:
             tx.executemany(APPEND, new)
         tx.execute("UPDATE audit_tree_cursor SET tree_size = ? WHERE id = 1", (last + 1,))
@@ -163,12 +167,14 @@ def _verify_leaf(row: dict[str, Any] | None, other_index: int | None, index: int
                                f"{index}", position=position)
 
 
-def _complete_tiles(tx: Tx, size: int) -> None:
-    """When ``size`` completes a tile (and maybe the tiles above it), store its hash."""
+def _complete_tiles(tx: Tx, size: int, leaves: list[bytes] | None = None) -> None:
+    """When ``size`` completes a tile (and maybe the tiles above it), store its hash
+    (``leaves``: the hashes of its last 256 leaves, when the caller holds them)."""
     level, width = TILE_HEIGHT, TILE_WIDTH
     while size % width == 0:
         node_index = size // width - 1
-        below = _hashes(tx, level - TILE_HEIGHT, node_index * TILE_WIDTH, TILE_WIDTH)
+        below = leaves if level == TILE_HEIGHT and leaves is not None else \
+            _hashes(tx, level - TILE_HEIGHT, node_index * TILE_WIDTH, TILE_WIDTH)
         digest = CompactRange.of(below).root()
         if tx.execute("INSERT INTO audit_tree_nodes VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                       (level, node_index, digest)) != 1:

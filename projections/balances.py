@@ -166,6 +166,8 @@ class Balances(Projection):
             (channel_id, event.buyer_account_id, event.currency, event.rail,
              "open" if event.deposit_minor else "pending", event.deposit_minor, event.expiry_s,
              event.timestamp.isoformat()))
+        if self.buffered:  # the row just held back says what its reading would: no round trip
+            self._refs.setdefault(channel_id, ChannelRef(channel_id, event.buyer_account_id, event.currency, event.rail))
         if event.deposit_minor:
             self._post(tx, event, position, "funded", ledger.funded(self._ref(tx, channel_id), event.deposit_minor))
 

@@ -30,13 +30,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from eventsourcing.persistence import OperationalError as EsOperationalError
 from eventsourcing.persistence import PersistenceError
 
-from domain.model.ports import RunnerLock, ViewDB
+from domain.model.ports import RunnerLock, Tx, ViewDB
 from projections import health
 from projections.base import TRACKING_DDL, Projection, lock_ddl, read_position
 from projections.coalesce import CoalescingTx
@@ -137,28 +138,60 @@ class ProjectionRunner:
                 inclusive_of_start=False)
             if not notifications and time.monotonic() - self._advanced_at < self.idle_advance_s:
                 return 0  # only others' events: move past them at most once a second
-            stored = getattr(self.projection, "reads_stored_events", False)
-            for index, notification in enumerate(notifications):
-                try:
-                    # A projection that hashes the log as stored (the audit tree) takes the record itself.
-                    event = notification if stored else self.mapper.to_domain_event(notification)
-                    self.projection.process(event, tx, notification.id)
-                except Exception:
-                    self.failed_event = (notification.id, index)
-                    raise
-            self.projection.flush(tx)
+            self._apply(tx, notifications, self.mapper.to_domain_event)
             new_position = notifications[-1].id if len(notifications) == self.batch_size else head
-            if self._failing:
-                health.clear_failure(tx, name)
-            moved = tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
-                               (new_position, name, position))
-            if moved != 1:
-                raise LostRace(f"another runner advanced {name}")
+            self._advance(tx, position, new_position)
+        self._recovered(new_position)
+        return len(notifications)
+
+    def apply_read(self, notifications: list[Any], upto: int, decode: Callable[[Any], Any]) -> int:
+        """Apply a batch of the log read once for several runners (``ops.audit_replay``'s
+        shared read): those of ``notifications`` after this projection's position, up to
+        ``upto`` and of its topics, then move its position to ``upto``; one transaction, as
+        :meth:`process_batch`. ``decode`` maps a notification to its event (shared, cached)."""
+        name = self.projection.name
+        self.failed_event = None
+        wanted = set(self.projection.topics)
+        with self.views.transaction() as opened:
+            tx = CoalescingTx(opened) if self.coalesce_writes else opened
+            if not self.durable and tx.dialect == "postgres":
+                tx.execute("SET LOCAL synchronous_commit = off")
+            tracked = read_position(tx, name)
+            position = tracked[0] if tracked else 0
+            if upto <= position:
+                return 0
+            mine = [n for n in notifications if position < n.id <= upto and (not wanted or n.topic in wanted)]
+            self._apply(tx, mine, decode)
+            self._advance(tx, position, upto)
+        self._recovered(upto)
+        return len(mine)
+
+    def _apply(self, tx: Tx, notifications: list[Any], decode: Callable[[Any], Any]) -> None:
+        stored = getattr(self.projection, "reads_stored_events", False)
+        for index, notification in enumerate(notifications):
+            try:
+                # A projection that hashes the log as stored (the audit tree) takes the record itself.
+                event = notification if stored else decode(notification)
+                self.projection.process(event, tx, notification.id)
+            except Exception:
+                self.failed_event = (notification.id, index)
+                raise
+        self.projection.flush(tx)
+
+    def _advance(self, tx: Tx, position: int, new_position: int) -> None:
+        name = self.projection.name
         if self._failing:
-            log.info("projection.recovered", projection=name, position=new_position)
+            health.clear_failure(tx, name)
+        moved = tx.execute("UPDATE projection_tracking SET position = ? WHERE name = ? AND position = ?",
+                           (new_position, name, position))
+        if moved != 1:
+            raise LostRace(f"another runner advanced {name}")
+
+    def _recovered(self, new_position: int) -> None:
+        if self._failing:
+            log.info("projection.recovered", projection=self.projection.name, position=new_position)
         self._failing = False
         self._advanced_at = time.monotonic()
-        return len(notifications)
 
     def catch_up(self, stop: int | None = None) -> int:
         """Process until no events are left (up to position ``stop`` when given, so that a

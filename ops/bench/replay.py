@@ -193,6 +193,7 @@ BASELINES: dict[str, dict[str, Any]] = {
     "unbuffered": {"buffer_writes": False},  # no projection batch buffers (balances, audit tree, trust)
     "durable": {"durable": True},  # every commit waits for the WAL flush
     "batch2000": {"batch_size": 2_000},  # the earlier transaction size
+    "separate-reads": {"shared_read": False},  # each projection reads and decodes the log on its own
 }
 
 
@@ -203,6 +204,7 @@ def rebuild(runtime: Any, *, parallel: bool, **overrides: Any) -> tuple[dict[str
     from ops.replay_store import ScratchStore
     from projections.registry import all_projections
 
+    shared_read = overrides.pop("shared_read", True)
     scratch = ScratchStore(runtime.settings)
     try:
         per: dict[str, float] = {}
@@ -217,7 +219,7 @@ def rebuild(runtime: Any, *, parallel: bool, **overrides: Any) -> tuple[dict[str
             name, _, rest = line.partition(": replayed ")
             per[name] = float(rest.rsplit(" in ", 1)[1].split()[0])
 
-        refused = rebuild_all(runners, {}, note, parallel=parallel)
+        refused = rebuild_all(runners, {}, note, parallel=parallel, shared_read=shared_read)
         if refused:
             raise SystemExit(f"rebuild refused: {refused}")
         return per, time.perf_counter() - started
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", choices=sorted(BASELINES), help="also rebuild each round with this one "
                         "setting changed (uncoalesced: INSERTs one by one; unbuffered: no projection batch buffers; "
-                        "durable: synchronous commits; batch2000: 2,000 events per transaction)")
+                        "durable: synchronous commits; batch2000: 2,000 events per transaction; separate-reads: each projection "
+                        "reads the log on its own)")
     parser.add_argument("--parallel", action="store_true", help="rebuild independent projections in threads "
                         "(default: one after the other, as 'aimarket audit replay' does)")
     args = parser.parse_args(argv)
