@@ -48,6 +48,8 @@ class Walk:
         self.versions: dict[str, int] = {}
         self.position = 0
         self.count = 0
+        # the stored state is the event's plain JSON: the signature workers may parse it themselves
+        self.plain = getattr(mapper, "cipher", None) is None and getattr(mapper, "compressor", None) is None
 
     def feed(self, n: Any) -> None:
         if n.id <= self.position:
@@ -73,7 +75,7 @@ class Walk:
                                  f"expected {expected}")
         self.versions[stream] = n.originator_version
         self.money.feed(n.id, event)
-        self.signatures.feed(n.id, n.topic, event)
+        self.signatures.feed(n.id, n.topic, event, bytes(n.state) if self.plain else None)
 
 
 def verify_log(market: Any, views: Any = None, *, stall_after_s: float | None = None, voucher_domain: Any = None,

@@ -96,6 +96,7 @@ class SignatureAudit:
         self.unchecked: dict[str, int] = {}
         self._platform_raw: dict[str, bytes | None] = {}
         self._dids: dict[str, VerifyKey] = {}  # did:key -> key (parsed and point-checked once)
+        self.state: bytes | None = None  # the fed event's stored JSON (None: not plain JSON, use the event)
 
     def did_key(self, did: Any) -> VerifyKey:
         """The key of a ``did:key`` (InvalidInput when it is none), parsed once per walk."""
@@ -107,9 +108,12 @@ class SignatureAudit:
         return key
 
     # -- the walk --------------------------------------------------------------------------
-    def feed(self, position: int, topic: str, event: Any) -> None:
+    def feed(self, position: int, topic: str, event: Any, state: bytes | None = None) -> None:
+        """``state``: the stored record's bytes when they are the event's plain JSON (no cipher,
+        no compression), so a check may hand the worker those bytes instead of a decoded dict."""
         check = CHECKS.get(topic)
         if check is not None:
+            self.state = state
             check(self, position, _short(topic), event)
 
     def job(self, position: int, topic: str, what: str, kind: str, payload: Any, key: Any) -> None:

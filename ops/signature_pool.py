@@ -10,6 +10,11 @@ key)``; a check answers None (it verifies) or why not. Kinds:
 * ``vc``: ``payload = (credential, expected_digest | None, outbox_entry: bool)``: an
   eddsa-jcs-2022 proof under ``key``; the credential's SRI digest must be the one recorded
   (listings, receipts); an outbox entry (a trace envelope) must also carry the hash of its entry;
+* ``envelope``: ``payload = state``, the stored event's JSON bytes as the log holds them: the
+  trace envelope (its ``envelope`` member, parsed here) is checked as a ``vc`` outbox entry.
+  The walk hands over bytes, not the decoded dict: nothing to copy or pickle in the parent, and
+  the signed document is the stored one (a ``_type_`` object the mapper would turn into a UUID
+  stays the object it is, which no device signed);
 * ``voucher``: ``payload = (chain_id, contract, chain_channel_id, cumulative_minor,
   signature_hex)``, EIP-712 recovered and compared with ``key`` (the buyer's wallet address).
 """
@@ -25,10 +30,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import base58
+import orjson
 
 from domain.model.envelope import entry_hash
 from domain.model.errors import InvalidInput, MarketError, SignatureInvalid, UnsupportedCryptosuite
-from domain.model.jcs import canonical_json, sha256_sri
+from domain.model.invoke_receipts import jcs as fast_jcs
+from domain.model.invoke_receipts import signature_from_base58
+from domain.model.jcs import sha256_sri
 from domain.model.keys import DID_KEY_PREFIX, VerifyKey
 from domain.model.vc import DATA_INTEGRITY_PROOF, EDDSA_JCS_2022, issuer_id
 from domain.model.vc_datetime import parse_xsd_datetime
@@ -48,6 +56,8 @@ def check(job: Job) -> str | None:
         if kind == "ed25519":
             message, signature = payload
             _known(key)[0].verify(message, signature)
+        elif kind == "envelope":
+            return _check_stored_envelope(payload, key)
         elif kind == "vc":
             return _check_vc(payload, key)
         elif kind == "voucher":
@@ -61,18 +71,27 @@ def check(job: Job) -> str | None:
     return None
 
 
-def _check_vc(payload: Any, key: bytes) -> str | None:
+def _check_vc(payload: Any, key: bytes, jcs: Any = None) -> str | None:
     credential, expected_digest, outbox_entry = payload
-    _verify_jcs_proof(credential, key)
-    if expected_digest is not None and sha256_sri(_jcs(credential)) != expected_digest:
+    jcs = jcs or _jcs
+    _verify_jcs_proof(credential, key, jcs)
+    if expected_digest is not None and sha256_sri(jcs(credential)) != expected_digest:
         return "the recorded credential digest is not the digest of the signed credential"
     if outbox_entry:
         entry = credential["credentialSubject"]["entry"]
-        body = _jcs(entry["body"])
+        body = jcs(entry["body"])
         if entry_hash(bytes.fromhex(entry["prev_hash"]), entry["seq"], entry["kind"], body,
                       entry["created_ms"]).hex() != entry["entry_hash"]:
             return "entry_hash is not the hash of the signed outbox entry"
     return None
+
+
+def _check_stored_envelope(state: bytes, key: bytes) -> str | None:
+    try:
+        stored = orjson.loads(state)
+    except orjson.JSONDecodeError:  # what orjson refuses (NaN, Infinity) the mapper may accept
+        return _check_vc((json.loads(state)["envelope"], None, True), key)
+    return _check_vc((stored["envelope"], None, True), key, _jcs_loaded)
 
 
 _KEYS: dict[bytes, tuple[VerifyKey, str]] = {}  # per process: a key is parsed and point-checked once
@@ -88,12 +107,13 @@ def _known(key: bytes) -> tuple[VerifyKey, str]:
     return known
 
 
-def _verify_jcs_proof(credential: Any, key: bytes) -> None:
+def _verify_jcs_proof(credential: Any, key: bytes, jcs: Any = None) -> None:
     """``verify_credential(credential, expected_key=key, suites=(eddsa-jcs-2022,))`` for a key
     the walk already resolved: the same checks (suite, purpose, the verification method and a
     did:key issuer being that key, the proof's @context being the document's, a canonical
     64-byte proofValue, the signature over SHA-256(JCS(proof options)) || SHA-256(JCS(document)))
     without parsing the key again for every credential. Raises SignatureInvalid / InvalidInput."""
+    jcs = jcs or _jcs
     verify_key, did = _known(key)
     proof = credential.get("proof") if isinstance(credential, dict) else None
     if not isinstance(proof, dict) or (proof.get("type"), proof.get("cryptosuite")) != (DATA_INTEGRITY_PROOF,
@@ -113,19 +133,23 @@ def _verify_jcs_proof(credential: Any, key: bytes) -> None:
     document = {k: v for k, v in credential.items() if k != "proof"}
     options = {k: v for k, v in proof.items() if k != "proofValue"}
     if "@context" in options:
-        if "@context" not in document or _jcs(options["@context"]) != _jcs(document["@context"]):
+        if "@context" not in document or jcs(options["@context"]) != jcs(document["@context"]):
             raise SignatureInvalid("document @context differs from the signed proof @context")
     elif "@context" in document:
         options["@context"] = document["@context"]
     if not isinstance(value, str):
         raise InvalidInput("proof.proofValue is required and must be a string")
-    verify_key.verify(hashlib.sha256(_jcs(options)).digest() + hashlib.sha256(_jcs(document)).digest(),
+    verify_key.verify(hashlib.sha256(jcs(options)).digest() + hashlib.sha256(jcs(document)).digest(),
                       _proof_value(value))
 
 
 def _proof_value(text: str) -> bytes:
     if not text.startswith("z") or len(text) > 100:
         raise SignatureInvalid("proofValue is not base58btc multibase")
+    try:  # the canonical base58 of 64 bytes, the only form the slow path below accepts too
+        return signature_from_base58(text[1:])
+    except (ValueError, KeyError):
+        pass
     try:
         signature = base58.b58decode(text[1:])
     except ValueError:
@@ -136,15 +160,34 @@ def _proof_value(text: str) -> bytes:
 
 
 def _jcs(value: Any) -> bytes:
-    """RFC 8785 bytes of ``value``: the standard library's sorted compact JSON when that is
-    provably the same (every character ASCII and printable or a short escape, so code-point and
-    UTF-16 key order agree and no \\u escape differs), else ``domain.model.jcs``. The hub stores no
-    float and no integer beyond 2**53 in a signed document (it refuses them); an edited event
-    that holds one is serialised exactly and so fails its signature, as it should."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    if "\\u" in text:
-        return canonical_json(value)
-    return text.encode("ascii")
+    """RFC 8785 bytes of ``value``: ``domain.model.invoke_receipts.jcs``, orjson's sorted output
+    where that is provably the same (ASCII keys, safe integers, no float), else
+    ``domain.model.jcs``. The hub stores no float and no integer beyond 2**53 in a signed
+    document (it refuses them); an edited event that holds one is serialised exactly (or
+    refused) and so fails its signature, as it should."""
+    return fast_jcs(value)
+
+
+_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+
+
+def _jcs_loaded(value: Any) -> bytes:
+    """``_jcs`` for a value ``orjson.loads`` made (only dict, list, str, int, float, bool, None):
+    orjson's sorted output is RFC 8785 when it is all ASCII (so UTF-16 and byte key order
+    agree), holds no backslash (no string needed escaping at all, and every ``"`` delimits a
+    string), no float (outside the strings, only a float has a ``.`` or an ``E``, and an ``e``
+    that is not the one of ``true`` or ``false``) and no integer beyond 2**53 - 1 (``OPT_STRICT_INTEGER`` refuses it).
+    C calls over the bytes instead of a Python walk of the value; anything else: ``_jcs``."""
+    try:
+        text = orjson.dumps(value, option=_STRICT)
+    except orjson.JSONEncodeError:
+        return _jcs(value)
+    if text.isascii() and b"\\" not in text:
+        outside = b" ".join(text.split(b'"')[0::2])  # numbers, true, false, null and punctuation
+        if b"." not in outside and b"E" not in outside and outside.count(b"e") == outside.count(
+                b"true") + outside.count(b"false"):
+            return text
+    return _jcs(value)
 
 
 def _check_voucher(payload: Any, wallet: str) -> str | None:

@@ -164,7 +164,10 @@ def trace(audit: SignatureAudit, position: int, topic: str, e: Any) -> None:
     if isinstance(key, str):
         audit.fail(position, topic, "trace envelope", key)
         return
-    audit.job(position, topic, "trace envelope", "vc", (envelope, None, True), key)
+    if isinstance(audit.state, bytes):  # the worker parses the stored bytes: no dict to pickle
+        audit.job(position, topic, "trace envelope", "envelope", audit.state, key)
+    else:
+        audit.job(position, topic, "trace envelope", "vc", (envelope, None, True), key)
     if e.effect == "refused":  # the hub refused what it carries (a lying receipt): a signal, no fact to prove
         audit.skip(f"{entry.get('kind')} the hub refused")
         return
