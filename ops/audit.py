@@ -161,9 +161,11 @@ def verify_export(path: str | Path, keys: Iterable[Any] = (), *, voucher_domain:
 
 def export_mapper() -> Any:
     """The library's mapper with the transcodings the hub stores events with (JSON, no cipher)."""
-    from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, Mapper, UUIDAsHex
+    from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, Mapper, UUIDAsHex
 
-    transcoder = JSONTranscoder()
+    from domain.app.eventsourcing_ext import FastJSONTranscoder
+
+    transcoder = FastJSONTranscoder()
     for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
         transcoder.register(transcoding)
     return Mapper(transcoder=transcoder)

@@ -16,6 +16,9 @@ upgrade of the library touches this file and its test, nothing else.
   NOTIFY, the ids returned, the transaction.
 * ``pending_stored_events`` and ``insert_statements``: what the async debit writer
   (``ops.adapters.postgres_async``) needs to record a batch exactly as the recorder would.
+* ``FastJSONTranscoder`` (``construct_transcoder``): the library's JSON transcoder, decoding
+  with orjson where the result is provably the library's (below), else exactly as the library
+  does. Decoding was a third of the audit walk's and the rebuild's CPU per event.
 * ``AuthenticatedSnapshotStore`` (``construct_snapshot_store``): every snapshot is sealed
   with an HMAC-SHA256 under a platform key, bound to the aggregate id, its version, the log
   position of the event it reflects, the topic and the digest of the stored bytes. A
@@ -33,9 +36,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
+import orjson
 import structlog
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import EventStore, StoredEvent
+from eventsourcing.persistence import EventStore, JSONTranscoder, StoredEvent, Transcoder
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from psycopg import Cursor
@@ -69,6 +73,11 @@ class FastSaveApplication(Application[UUID]):
         self._take_snapshots(processing_event, positions)
         self._notify(recordings)
         return recordings
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = FastJSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_snapshot_store(self) -> EventStore:
         recorder = self.factory.aggregate_recorder(purpose="snapshots")
@@ -119,6 +128,56 @@ class FastSaveApplication(Application[UUID]):
     def after_external_record(self, processing_event: ProcessingEvent) -> None:
         """What ``save`` does after recording, for events recorded by another writer."""
         self._take_snapshots(processing_event)
+
+
+_TYPE_MARK = b'"_type_"'
+_DIGITS = bytes(48 if 48 <= i <= 57 else 46 for i in range(256))  # digits -> "0", anything else -> "."
+_LONG_NUMBER = b"0" * 19  # orjson reads an integer beyond 64 bits as a float; json keeps it an int
+
+
+class FastJSONTranscoder(JSONTranscoder):
+    """``JSONTranscoder`` whose ``decode`` takes orjson's C parser when that gives the same value.
+
+    The library parses with ``json`` and an object hook (a Python call per JSON object) that
+    turns every ``{"_type_": name, "_data_": data}`` into the registered type. The hub's events
+    hold such objects only as top-level members with a string ``_data_`` (a timestamp, a UUID,
+    a Decimal). So: orjson parses; those members are converted; the result is returned only if
+    they were all of the document's ``"_type_"`` marks, with no ``\\u`` escape in the bytes (a
+    key spelled with escapes would hide a mark) and no run of 19 digits (orjson reads an
+    integer beyond 64 bits as a float). Anything else (a nested or escaped mark, what orjson
+    refuses: NaN, Infinity, a lone surrogate, invalid UTF-8) is decoded by the library's own
+    path, which also raises its own errors. Where the two parsers agree on plain JSON
+    (duplicate keys: the last wins, at the first one's place; floats correctly rounded) a test
+    holds them equal (``tests/app/test_fast_transcoder.py``); measured 26.0 against 20.1 us per
+    event of the audit bench's log (CPU, best of 5, on a busy machine).
+    """
+
+    def decode(self, data: bytes) -> Any:
+        if b"\\u" in data or _LONG_NUMBER in data.translate(_DIGITS):
+            return super().decode(data)
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return super().decode(data)
+        marks = data.count(_TYPE_MARK)
+        if marks == 0:
+            return value
+        if type(value) is dict:
+            converted = 0
+            members = value.items()
+            if marks == 1 and type(value.get("timestamp")) is dict:  # the common case: only the event's time
+                members = (("timestamp", value["timestamp"]),)  # type: ignore[assignment]
+            for key, member in members:
+                if type(member) is dict and len(member) == 2 and type(member.get("_data_")) is str:
+                    transcoding = self.names.get(member.get("_type_"))  # type: ignore[arg-type]
+                    if transcoding is None:
+                        break  # the library raises its own error for an unknown name
+                    value[key] = transcoding.decode(member["_data_"])
+                    converted += 1
+            else:
+                if converted == marks:
+                    return value
+        return super().decode(data)
 
 
 class ArrayInsertRecorder(PostgresApplicationRecorder):
