@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain.app.eventsourcing_ext import SNAPSHOT_KEY_INFO, SnapshotRefused, open_snapshot, snapshot_records
-from domain.model.audit_entry import entry_leaf_hash, entry_of
+from domain.model.audit_entry import stored_leaf_hash
 from domain.model.errors import TreeHeadInvalid
 from domain.model.keyring import KEYRING_ID
 from domain.model.keys import VerifyKey
@@ -57,7 +57,7 @@ class TreeAudit:
     def feed(self, notification: Any, event: Any | None) -> None:
         """One stored record (and its decoded event, or None when it does not decode)."""
         n = notification
-        leaf = entry_leaf_hash(entry_of(n.id, n.originator_id, n.originator_version, n.topic, n.state))
+        leaf = stored_leaf_hash(n.id, n.originator_id, n.originator_version, n.topic, n.state)
         index = self.log_tree.size
         self.log_tree.append(leaf)
         self._compare_with_stored(index, n.id, leaf)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.model.audit_entry import check_entry, entry_bytes, entry_leaf_hash, entry_of
+from domain.model.audit_entry import check_entry, entry_bytes, entry_leaf_hash, entry_of, stored_leaf_hash
 from domain.model.errors import ProofInvalid
 from domain.model.jcs import MAX_SAFE_INTEGER, canonical_json
 
@@ -23,6 +23,25 @@ def test_the_fast_form_is_rfc_8785(position: int, version: int, oid: str, topic:
     entry = {"position": position, "originator_id": oid, "originator_version": version, "topic": topic,
              ("state_b64" if b64 else "state"): state}
     assert entry_bytes(entry) == canonical_json(entry, allow_floats=False)
+
+
+STATE_BYTES = st.one_of(st.binary(max_size=80), TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
+                        st.text("ab\\\"{}:,\x00\x1f\x7f", max_size=40).map(str.encode))
+TOPIC = st.one_of(st.just("domain.model.channel:Channel.Debited"), TEXT)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(-1, MAX_SAFE_INTEGER + 1), st.integers(-1, MAX_SAFE_INTEGER + 1), st.uuids(), TOPIC, STATE_BYTES)
+def test_the_stored_leaf_hash_is_the_entry_leaf_hash(position: int, version: int, oid: uuid.UUID, topic: str,
+                                                     state: bytes) -> None:
+    try:
+        expected = entry_leaf_hash(entry_of(position, oid, version, topic, state))
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            stored_leaf_hash(position, oid, version, topic, state)
+        return
+    assert stored_leaf_hash(position, oid, version, topic, state) == expected
+    assert stored_leaf_hash(position, str(oid), version, topic, memoryview(state)) == expected
 
 
 def test_the_entry_is_the_stored_bytes() -> None:
