@@ -103,6 +103,19 @@ def test_an_edited_receipt_byte_is_a_signature_failure(signed: SignedWorld) -> N
     assert signature_problems(report, position, "Trace.TraceRecorded: trace envelope: "), problems
 
 
+def test_a_proof_context_other_than_the_documents_is_named(signed: SignedWorld) -> None:
+    position = signed.positions["TraceRecorded:receipt"]
+    state = Tamper(signed.runtime).row(position)[3]
+    proof_context = re.search(rb'"proofPurpose":"assertionMethod","nonce":"[^"]+","@context":\[[^\]]+\]', state)
+    assert proof_context, state[:300]  # the receipt's proof (the envelope's comes after it)
+    edited = proof_context.group(0)[:-1] + b',"https://example.org/other"]'
+    Tamper(signed.runtime).replace_in_state(position, proof_context.group(0), edited)
+    report = verify_log(signed.runtime.market)
+    problems = report["signatures"]["problems"]
+    assert signature_problems(report, position, "receipt in trace: document @context differs"), problems
+    assert signature_problems(report, position, "trace envelope: signature does not verify"), problems
+
+
 def test_a_recorded_receipt_no_trace_carried_is_named(signed: SignedWorld) -> None:
     position = signed.positions["Purchase.ReceiptRecorded"]
     Tamper(signed.runtime).replace_in_state(position, b'"digest":"sha256-', b'"digest":"sha256-X')
