@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
     audit = sub.add_parser("audit", help="verify the event log and its audit tree; proofs; rebuild read models"
                            ).add_subparsers(dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="walk the whole log and check it: every event, the audit tree "
-                              "recomputed against every signed tree head, sealed snapshots, the ledger")
+    verify = audit.add_parser("verify", help="walk the whole log and check it: every event, every signature "
+                              "under the key valid at its time, the audit tree recomputed against every signed "
+                              "tree head, sealed snapshots, the ledger")
     verify.add_argument("--chain", action="store_true",
                         help="also check every chain channel's ledger against the contract (settled <=> settled, "
                              "same amounts paid); vouchers are verified under the chain's EIP-712 domain")
