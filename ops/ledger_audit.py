@@ -24,7 +24,8 @@ from collections import defaultdict
 from typing import Any
 
 from domain.model import ledger
-from domain.model.channel import Channel, debit_fee, fee_for
+from domain.model.channel import Channel
+from domain.model.channel_rules import debit_fee, fee_for
 from domain.model.ledger import ChannelRef, LedgerInvariantViolated, Posting
 from domain.model.payout import SellerPayouts
 

@@ -41,7 +41,8 @@ from uuid import UUID
 
 from domain.app.money import RACING_ATTEMPTS, request_hash
 from domain.app.service import Service
-from domain.model.channel import Channel, debit_fee
+from domain.model.channel import Channel
+from domain.model.channel_rules import debit_fee
 from domain.model.compute import UNITS
 from domain.model.device import Device
 from domain.model.errors import (

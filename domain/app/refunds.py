@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from domain.app.service import Service
-from domain.model.channel import FAILED_REFUND_STATUSES, parse_card_refund_key
+from domain.model.channel import FAILED_REFUND_STATUSES
+from domain.model.channel_rules import parse_card_refund_key
 from domain.model.errors import InvalidInput, InvalidState, NotFound, Unavailable
 
 log = structlog.get_logger("refunds")

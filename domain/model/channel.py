@@ -32,18 +32,27 @@ open holds may close (no new debits or holds) but does not settle until its last
 without a voucher, so a hold must also fit the unsigned allowance's headroom
 (``spent + held - voucher <= unsigned_allowance_minor``).
 
+The arithmetic and the rules that only read the state (the fee rule, the settlement split,
+the card refund plan, the invariants, the public view) are ``domain.model.channel_rules``.
+
 Pure: time comes in as ``now_s``; no I/O inside event methods.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import event
 
 from domain.model.base import MarketAggregate
+from domain.model.channel_rules import (
+    card_refund_plan,
+    channel_public,
+    check_invariants,
+    debit_fee,
+    settlement_split,
+)
 from domain.model.errors import (
     IdempotencyKeyReused,
     InsufficientFunds,
@@ -51,41 +60,11 @@ from domain.model.errors import (
     InvalidState,
     UnsignedAllowanceExhausted,
 )
-from domain.model.ledger import LedgerInvariantViolated
-from domain.model.money import BPS_DENOMINATOR
 
 MAX_CHAIN_SELLERS = 15  # the contract pays at most 16 payees per settle; one slot spare
 KEY_RETENTION_S = 24 * 3600
 AMOUNT_MAX_MINOR = 10**18
-STRIPE_REF_PREFIX = "stripe:"  # a card funding_ref is "stripe:<payment intent id>"
 FAILED_REFUND_STATUSES = ("failed", "canceled")  # Stripe refunds whose money never reaches the card
-_REFUND_KEY = re.compile(r"rf_([0-9a-f]{32})_(pi_[A-Za-z0-9]+)")
-
-
-def card_refund_key(channel_id: UUID, payment_intent_id: str) -> str:
-    """The Stripe ``Idempotency-Key`` (and ``metadata.refund_key``) of one planned refund."""
-    return f"rf_{channel_id.hex}_{payment_intent_id}"
-
-
-def parse_card_refund_key(key: object) -> tuple[UUID, str] | None:
-    """``(channel id, payment intent id)`` of a key made by :func:`card_refund_key`, else None."""
-    match = _REFUND_KEY.fullmatch(key) if isinstance(key, str) else None
-    return (UUID(match[1]), match[2]) if match else None
-
-
-def fee_for(amount_minor: int, fee_bps: int) -> int:
-    """``floor(amount * fee_bps / 10000)``: the fee on a cumulative amount (the contract's bound)."""
-    return amount_minor * fee_bps // BPS_DENOMINATOR
-
-
-def debit_fee(spent_before_minor: int, amount_minor: int, fee_bps: int) -> int:
-    """One debit's fee: what it adds to the fee on the channel's cumulative spend.
-
-    ``fee_for(before + amount) - fee_for(before)``: the fees of a channel's debits sum to
-    ``fee_for(spent)`` exactly, so 1-unit debits at 5 % pay 1 unit every 20th debit instead of
-    never. Always within ``0..amount`` (one unit at most above the debit's own share).
-    """
-    return fee_for(spent_before_minor + amount_minor, fee_bps) - fee_for(spent_before_minor, fee_bps)
 
 
 class Channel(MarketAggregate):
@@ -418,25 +397,8 @@ class Channel(MarketAggregate):
         self.close_reason = "expired"
 
     def settlement_split(self) -> dict[str, Any]:
-        """What a settlement pays: the latest voucher (chain) or the spend (card), split.
-
-        When the buyer signed less than was charged (only with an unsigned allowance), the
-        fee and sellers' shares are cut back to fit the signed amount, sellers in id order.
-        """
-        cumulative = self.voucher_minor if self.rail == "chain" else self.spent_minor
-        fee = min(self.fee_minor, fee_for(cumulative, self.fee_bps))
-        left = cumulative - fee
-        paid: dict[str, int] = {}
-        for seller in sorted(self.sellers):
-            share = min(self.sellers[seller]["net_minor"], left)
-            paid[seller] = share
-            left -= share
-        if left:
-            raise LedgerInvariantViolated("settlement split does not cover the voucher")
-        reversed_ = {s: self.sellers[s]["net_minor"] - a for s, a in paid.items() if self.sellers[s]["net_minor"] > a}
-        return {"cumulative_minor": cumulative, "fee_minor": fee, "seller_amounts": paid,
-                "seller_reversed": reversed_, "fee_reversed_minor": self.fee_minor - fee,
-                "refund_minor": self.deposit_minor - cumulative}
+        """What a settlement pays (``channel_rules.settlement_split``)."""
+        return settlement_split(self)
 
     def settle(self, meta: dict, *, settlement_ref: str) -> bool:
         """Record the settlement (confirmed on chain, or internal for card) and the refund.
@@ -481,36 +443,8 @@ class Channel(MarketAggregate):
 
     # -- card refunds (the Stripe side of Refunded) -------------------------------------------
     def card_refund_plan(self) -> list[dict[str, Any]]:
-        """How ``refunded_minor`` goes back to the buyer's card: one entry per PaymentIntent.
-
-        Newest intent first: the most recent charge is the furthest from the card network's
-        refund time limit, and fewer, larger refunds cost the buyer fewer statement lines.
-        Each intent gives back at most what it paid in. Each entry carries the Stripe
-        ``Idempotency-Key`` of its refund, derived from the channel and the intent only, so
-        every retry of that refund sends the same key. Empty unless a settled card channel.
-
-        Raises:
-            InvalidState: a funding is not a PaymentIntent, or its amount is unknown (a
-                channel snapshotted before amounts were kept): an operator refunds by hand.
-        """
-        if self.rail != "card" or self.status != "settled":
-            return []
-        left = self.refunded_minor
-        plan: list[dict[str, Any]] = []
-        for ref in reversed(self.funding_refs):
-            if left == 0:
-                break
-            funded = self.funding_minor.get(ref)
-            if not ref.startswith(STRIPE_REF_PREFIX) or funded is None:
-                raise InvalidState(f"channel {self.id}: funding {ref!r} cannot be refunded automatically")
-            intent_id = ref.removeprefix(STRIPE_REF_PREFIX)
-            amount = min(funded, left)
-            plan.append({"payment_intent_id": intent_id, "amount_minor": amount,
-                         "refund_key": card_refund_key(self.id, intent_id)})
-            left -= amount
-        if left:
-            raise LedgerInvariantViolated(f"channel {self.id}: refund exceeds what its payments funded")
-        return plan
+        """How the refund goes back to the buyer's card (``channel_rules.card_refund_plan``)."""
+        return card_refund_plan(self)
 
     def card_refunds_pending(self) -> list[dict[str, Any]]:
         """The planned refunds with no outcome recorded yet (each intent is refunded once)."""
@@ -605,60 +539,13 @@ class Channel(MarketAggregate):
     def _card_refund_resolved(self, meta: dict, payment_intent_id: str, amount_minor: int, reference: str) -> None:
         self.card_refunds[payment_intent_id] = {**self.card_refunds[payment_intent_id], "status": "resolved",
                                                 "reason": reference}
-
     # -- invariants and views -----------------------------------------------------------------
     def check_invariants(self) -> None:
-        """Assert the money rules; a failure is a bug (raised, never swallowed)."""
-        if not 0 <= self.spent_minor <= self.deposit_minor:
-            raise LedgerInvariantViolated(f"channel {self.id} spent {self.spent_minor} of {self.deposit_minor}")
-        holds = self.holds
-        held = self.held_minor
-        if held != sum(h["amount_minor"] for h in holds.values()) or held < 0:
-            raise LedgerInvariantViolated(f"channel {self.id}: held {held} is not the sum of its holds")
-        if self.spent_minor + held > self.deposit_minor:
-            raise LedgerInvariantViolated(f"channel {self.id}: spent {self.spent_minor} + held {held} above the deposit")
-        if holds and self.status == "settled":
-            raise LedgerInvariantViolated(f"channel {self.id}: settled with open holds")
-        if sum(s["net_minor"] + s["fee_minor"] for s in self.sellers.values()) != self.spent_minor:
-            raise LedgerInvariantViolated(f"channel {self.id} seller shares do not add up to the spend")
-        if self.fee_minor * BPS_DENOMINATOR > self.spent_minor * self.fee_bps:
-            raise LedgerInvariantViolated(f"channel {self.id} fees above the rate")
-        if self.rail == "chain":
-            if not self.settled_minor <= self.voucher_minor <= self.deposit_minor:
-                raise LedgerInvariantViolated(f"channel {self.id}: settled <= voucher <= deposit broken")
-            if self.spent_minor + held - self.voucher_minor > self.unsigned_allowance_minor:
-                raise LedgerInvariantViolated(f"channel {self.id}: unsigned exposure above the allowance")
-        if self.status == "settled" and self.settled_minor + self.refunded_minor != self.deposit_minor:
-            raise LedgerInvariantViolated(f"channel {self.id}: settlement + refund != deposit")
-        if sum(self.funding_minor.values()) > self.deposit_minor:
-            raise LedgerInvariantViolated(f"channel {self.id}: fundings above the deposit")
-        if self.card_refunds:
-            self._check_card_refunds()
-
-    def _check_card_refunds(self) -> None:
-        if self.rail != "card" or self.status != "settled":
-            raise LedgerInvariantViolated(f"channel {self.id}: card refund on a {self.rail} {self.status} channel")
-        if sum(r["amount_minor"] for r in self.card_refunds.values()) > self.refunded_minor:
-            raise LedgerInvariantViolated(f"channel {self.id}: card refunds above the refund")
-        for intent_id, refund in self.card_refunds.items():
-            if refund["amount_minor"] > self.funding_minor.get(STRIPE_REF_PREFIX + intent_id, 0):
-                raise LedgerInvariantViolated(f"channel {self.id}: {intent_id} refunded above what it paid")
+        """Assert the money rules (``channel_rules.check_invariants``); a failure is a bug."""
+        check_invariants(self)
 
     def to_public(self) -> dict[str, Any]:
-        return {
-            "id": str(self.id), "buyer_account_id": self.buyer_account_id, "currency": self.currency,
-            "rail": self.rail, "status": self.status, "deposit_minor": self.deposit_minor,
-            "spent_minor": self.spent_minor, "remaining_minor": self.available_minor, "held_minor": self.held_minor,
-            "holds": len(self.holds),
-            "fee_bps": self.fee_bps, "fee_minor": self.fee_minor, "expiry_s": self.expiry_s,
-            "voucher_minor": self.voucher_minor, "unsigned_allowance_minor": self.unsigned_allowance_minor,
-            "buyer_wallet": self.buyer_wallet or None, "chain_channel_id": self.chain_channel_id or None,
-            "settled_minor": self.settled_minor, "refunded_minor": self.refunded_minor,
-            "settlement_ref": self.settlement_ref or None, "debits": self.debit_count,
-            "card_refunds": [{"payment_intent_id": pi, "amount_minor": r["amount_minor"], "status": r["status"],
-                              "stripe_refund_id": r["stripe_refund_id"] or None}
-                             for pi, r in self.card_refunds.items()],
-        }
+        return channel_public(self)
 
 
 def _check_amount(amount_minor: Any) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from domain.model.channel import debit_fee, fee_for
+from domain.model.channel_rules import debit_fee, fee_for
 from domain.model.delivery import jwk_thumbprint
 from domain.model.errors import InvokeCallFailed, InvokeInputRejected, MarketError
 from domain.model.keys import SigningKey, VerifyKey

@@ -273,7 +273,7 @@ def test_a_sent_refund_that_fails_later_is_held_for_the_buyer_again() -> None:
 
 
 def test_refund_keys_round_trip() -> None:
-    from domain.model.channel import card_refund_key, parse_card_refund_key
+    from domain.model.channel_rules import card_refund_key, parse_card_refund_key
 
     channel_id = uuid.uuid4()
     assert parse_card_refund_key(card_refund_key(channel_id, "pi_3Abc")) == (channel_id, "pi_3Abc")

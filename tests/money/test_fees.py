@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain.model import ledger
-from domain.model.channel import Channel, debit_fee, fee_for
+from domain.model.channel import Channel
+from domain.model.channel_rules import debit_fee, fee_for
 from domain.model.errors import InsufficientFunds, InvalidInput, InvalidState
 from domain.model.ledger import ChannelRef, LedgerInvariantViolated
 from domain.model.settlement import check_split

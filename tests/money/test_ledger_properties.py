@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from domain.model import ledger
-from domain.model.channel import Channel, debit_fee, fee_for
+from domain.model.channel import Channel
+from domain.model.channel_rules import debit_fee, fee_for
 from domain.model.errors import IdempotencyKeyReused, InsufficientFunds, InvalidInput, InvalidState
 from domain.model.ledger import ChannelRef, LedgerInvariantViolated
 
