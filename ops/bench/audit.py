@@ -3,7 +3,7 @@ Ed25519 verifications per second (PyNaCl, one core) measured in the same run; an
 verify with its signature checks inline (``--workers 0``) as the baseline differing in one
 setting, the process pool.
 
-    python -m ops.bench.audit --test-services [--events 200000] [--rounds 3] [--quiet-load 2.0]
+    python -m ops.bench.audit --test-services [--events 200000] [--rounds 3] [--quiet-load 2.0] [--stages]
 
 The log is written straight into a fresh PostgreSQL schema (events built by the aggregates, as
 the hub would record them, inserted in large batches; no HTTP): per 20 events, 8 node traces
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200_000, help="events in the log (the issue's size: 1,000,000)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="signature processes of the measured verify")
+    parser.add_argument("--stages", action="store_true", help="also time each stage of the walk on its own, one "
+                        "core, in CPU us per event (ops/bench/audit_stages.py)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     from ops.bootstrap import build_runtime
@@ -236,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             written, sample, gen_s = write_log(runtime.market, args.events)
             emit({"log": {"events": written, "written_in_s": round(gen_s, 1), "loadavg": loadavg()}})
             gate = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
+            if args.stages:
+                from ops.bench.audit_stages import stage_costs
+
+                emit({"stages": stage_costs(runtime.market, sample)})
             rows = []
             for r in range(args.rounds):
                 order = [args.workers, 0] if r % 2 == 0 else [0, args.workers]
