@@ -95,9 +95,12 @@ class AuditTree(Projection):
 
 
     def flush(self, tx: Tx) -> None:
-        """The batch's leaves (``buffered``): the stored ones they meet read in one query and
-        checked in log order as :func:`_check_stored_leaf` checks one, the new ones written in one
-        run, the cursor moved once, the tiles they complete stored."""
+        """The batch's leaves (``buffered``): the stored leaves and tile hashes they meet read in
+        one query each and checked in log order, as :func:`_check_stored_leaf` and
+        :func:`_complete_tiles` check one; the new ones written in one run each at the end, the
+        cursor moved once. A tile wholly in the batch is hashed from memory (each held leaf then
+        equals the stored one, checked or to be written); any other tile, and a tile completing
+        an upper level, first writes what is held back and takes the per-tile path."""
         held, self._held = self._held, []
         if not held or self._tx is not tx:
             return
@@ -107,25 +110,51 @@ class AuditTree(Projection):
                              (first, last, held[0][1], held[-1][1]))
         by_index = {int(r["leaf_index"]): r for r in stored}
         by_position = {int(r["position"]): int(r["leaf_index"]) for r in stored}
+        nodes = {int(r["node_index"]): bytes(r["hash"]) for r in tx.fetchall(
+            "SELECT node_index, hash FROM audit_tree_nodes WHERE level = ? AND node_index >= ? AND node_index <= ?",
+            (TILE_HEIGHT, first // TILE_WIDTH, last // TILE_WIDTH))}
         new: list[tuple[Any, ...]] = []
+        new_nodes: list[tuple[int, int, bytes]] = []
         for row in held:
             index, position, leaf = row[0], row[1], row[2]
             if index in by_index or position in by_position:  # an insert would conflict: must be this event
                 _verify_leaf(by_index.get(index), by_position.get(position), index, position, leaf)
             else:
                 new.append(row)
-            if (index + 1) % TILE_WIDTH == 0:  # a tile complete: its leaves written, then its hash (in order)
-                if new:
-                    tx.executemany(APPEND, new)
-                    new = []
-                # Each held leaf now equals the stored one (checked or written): a tile wholly in
-                # the batch is hashed from memory.
-                tile = [r[2] for r in held[index + 1 - TILE_WIDTH - first:index + 1 - first]] \
-                    if index + 1 - TILE_WIDTH >= first else None
-                _complete_tiles(tx, index + 1, tile)
-        if new:
-            tx.executemany(APPEND, new)
+            size = index + 1
+            if size % TILE_WIDTH:
+                continue
+            if size - TILE_WIDTH >= first and size % (TILE_WIDTH * TILE_WIDTH):
+                tile = [r[2] for r in held[size - TILE_WIDTH - first:size - first]]
+                _check_tile(nodes.get(size // TILE_WIDTH - 1), size // TILE_WIDTH - 1, tile, new_nodes)
+            else:  # the tile reads stored leaves, or an upper level reads stored tiles: all written first
+                _write_held(tx, new, new_nodes)
+                tile = [r[2] for r in held[size - TILE_WIDTH - first:size - first]] \
+                    if size - TILE_WIDTH >= first else None
+                _complete_tiles(tx, size, tile)
+        _write_held(tx, new, new_nodes)
         tx.execute("UPDATE audit_tree_cursor SET tree_size = ? WHERE id = 1", (last + 1,))
+
+
+def _check_tile(stored: bytes | None, node_index: int, tile: list[bytes], new_nodes: list[tuple[int, int, bytes]]
+                ) -> None:
+    """A level-0 tile hashed from memory: equal to its stored hash, or held back to be written."""
+    digest = CompactRange.of(tile).root()
+    if stored is None:
+        new_nodes.append((TILE_HEIGHT, node_index, digest))
+    elif stored != digest:
+        raise TreeInconsistent(f"the stored tile hash at level {TILE_HEIGHT}, index {node_index} differs from its "
+                               "leaves")
+
+
+def _write_held(tx: Tx, leaves: list[tuple[Any, ...]], nodes: list[tuple[int, int, bytes]]) -> None:
+    """Write (and empty) the held-back new leaves and tile hashes, none stored yet (checked)."""
+    if leaves:
+        tx.executemany(APPEND, leaves)
+        leaves.clear()
+    if nodes:
+        tx.executemany("INSERT INTO audit_tree_nodes VALUES (?, ?, ?) ON CONFLICT DO NOTHING", nodes)
+        nodes.clear()
 
 
 def _actor(state: bytes) -> str:
