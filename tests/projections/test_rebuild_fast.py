@@ -70,3 +70,47 @@ def test_a_run_that_updates_on_conflict_is_still_applied_row_by_row(views) -> No
                        ("same", 1))
         tx.flush()
     assert views.fetchone("SELECT n FROM mr WHERE k = 'same'") == {"n": MULTI_ROWS + 5}
+
+
+def _purchase_events() -> list[Any]:
+    import uuid
+
+    from domain.model.purchase import Purchase
+
+    meta = {"actor": "system", "correlation_id": "t", "causation_id": ""}
+    purchase = Purchase(id=uuid.uuid4(), meta=meta, buyer_account_id="b", seller_account_id="s",
+                        seller_device_id="d", listing_id="l", listing_version=1, channel_id="c", price_minor=100,
+                        fee_minor=5, currency="USD", idempotency_key="k", request_hash="h", token="t",
+                        kid="signing-1", jti="j", cnf_jkt="j", issued_at_s=1, start_by_s=900, expires_at_s=86400)
+    purchase._token_redeemed(meta=meta, jti="j", device_id="d", buyer_jkt="j", redeemed_at_ms=1010)
+    return purchase.collect_events()
+
+
+def _purchase_rows(views: Any) -> list[dict[str, Any]]:
+    return views.fetchall("SELECT * FROM purchases ORDER BY purchase_id")
+
+
+def test_buffered_purchases_meeting_a_stored_row_apply_the_batch_one_by_one(runtime) -> None:
+    """A Purchased whose row is stored already (a second pass over the same events) does
+    nothing, as its INSERT's ON CONFLICT decides: the buffered batch is replayed unbuffered."""
+    from projections.purchases import Purchases
+
+    purchased, redeemed = _purchase_events()
+    rows = {}
+    for buffered in (False, True):
+        projection = Purchases()
+        projection.buffered = buffered
+        with runtime.views.transaction() as tx:
+            projection.drop_tables(tx)
+            projection.create_tables(tx)
+        with runtime.views.transaction() as tx:  # the first batch: the purchase stored, redeemed
+            for position, event in enumerate((purchased, redeemed), start=1):
+                projection.process(event, tx, position)
+            projection.flush(tx)
+        with runtime.views.transaction() as tx:  # again, at later positions: the stored row wins
+            projection.process(purchased, tx, 7)
+            projection.process(redeemed, tx, 8)
+            projection.flush(tx)
+        rows[buffered] = _purchase_rows(runtime.views)
+    assert rows[True] == rows[False]
+    assert [(r["position"], r["status"]) for r in rows[True]] == [(1, "redeemed")]
