@@ -83,6 +83,7 @@ class TrustProjection(Projection):
         self._clock_moved = False
         self._known_devices: set[str] = set()
         self._known_facts: set[str] = set()
+        self._dirty: set[str] = set()  # devices in trust_dirty (until its DELETE)
 
     def _cache(self, tx: Tx) -> bool:
         """True when the batch caches apply to ``tx`` (started afresh for a new one)."""
@@ -90,7 +91,7 @@ class TrustProjection(Projection):
             return False
         if self._tx is not tx:
             self._tx, self._clock, self._clock_moved = tx, None, False
-            self._known_devices, self._known_facts = set(), set()
+            self._known_devices, self._known_facts, self._dirty = set(), set(), set()
         return True
 
     def flush(self, tx: Tx) -> None:
@@ -311,6 +312,7 @@ class TrustProjection(Projection):
             for row in accounts:
                 self._score_account(tx, position, now_ms, row["account_id"])
             tx.execute("DELETE FROM trust_dirty")
+            self._dirty.clear()
             scored_ms = now_ms
         if cached:  # written once, in flush
             self._clock, self._clock_moved = (now_ms, scored_ms), True
@@ -324,6 +326,10 @@ class TrustProjection(Projection):
         if known or tx.fetchone("SELECT 1 AS known FROM trust_devices WHERE device_id = ?", (device_id,)) is not None:
             if cached:
                 self._known_devices.add(device_id)
+                if device_id in self._dirty:  # in trust_dirty already: the INSERT would do nothing
+                    self._tick(tx, position, at_ms)
+                    return
+                self._dirty.add(device_id)
             tx.execute("INSERT INTO trust_dirty VALUES (?) ON CONFLICT (device_id) DO NOTHING", (device_id,))
         self._tick(tx, position, at_ms)
 
