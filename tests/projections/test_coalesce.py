@@ -50,3 +50,23 @@ def test_a_rollback_drops_what_was_held_back(views) -> None:
         tx.execute("INSERT INTO co VALUES ('y', 1)")
         raise RuntimeError("handler failed")
     assert views.fetchone("SELECT COUNT(*) AS c FROM co")["c"] == 0
+
+
+def test_a_long_run_of_plain_inserts_keeps_every_value(views) -> None:
+    """A run long enough to go by COPY on PostgreSQL stores what the INSERTs one by one store."""
+    from projections.coalesce import COPY_ROWS
+
+    with views.transaction() as tx:
+        tx.execute("CREATE TABLE IF NOT EXISTS cp (k BIGINT PRIMARY KEY, s TEXT, b BYTEA, f BOOLEAN, n BIGINT)"
+                   if tx.dialect == "postgres" else
+                   "CREATE TABLE IF NOT EXISTS cp (k BIGINT PRIMARY KEY, s TEXT, b BLOB, f BOOLEAN, n BIGINT)")
+    rows = [(i, f"s\t{i}\\n\"é", bytes([i % 256, 0, 92]), i % 2 == 0, None if i % 3 else i) for i in range(COPY_ROWS + 5)]
+    with views.transaction() as opened:
+        tx = CoalescingTx(opened)
+        for row in rows[:-2]:
+            tx.execute("INSERT INTO cp VALUES (?, ?, ?, ?, ?)", row)
+        tx.execute("INSERT INTO cp (k, s, b, f, n) VALUES (?, ?, ?, ?, ?)", rows[-2])
+        tx.execute("INSERT INTO cp (k, s, b, f, n) VALUES (?, ?, ?, ?, ?)", rows[-1])
+        assert tx.fetchone("SELECT COUNT(*) AS c FROM cp")["c"] == len(rows)
+    stored = [(r["k"], r["s"], bytes(r["b"]), bool(r["f"]), r["n"]) for r in views.fetchall("SELECT * FROM cp ORDER BY k")]
+    assert stored == rows
