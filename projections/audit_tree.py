@@ -40,6 +40,9 @@ TILE_WIDTH = 256
 TILE_HEIGHT = 8  # 2**8 = 256 hashes per tile
 HEADS_LOCK_KEY = 7_346_112_014  # serialises head signing across hosts (PostgreSQL advisory lock)
 APPEND = "INSERT INTO audit_tree_leaves VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+#: The buffered flush's new leaves: checked against every stored leaf they could meet (their
+#: index and position ranges), so no conflict clause, and a long run goes by COPY (coalesce).
+APPEND_NEW = "INSERT INTO audit_tree_leaves VALUES (?, ?, ?, ?, ?)"
 PG_APPEND = (f"WITH appended AS ({APPEND} RETURNING leaf_index) UPDATE audit_tree_cursor SET tree_size = ?"  # noqa: S608 - constants only
              " WHERE id = 1 RETURNING (SELECT count(*) FROM appended) AS inserted")
 
@@ -150,7 +153,7 @@ def _check_tile(stored: bytes | None, node_index: int, tile: list[bytes], new_no
 def _write_held(tx: Tx, leaves: list[tuple[Any, ...]], nodes: list[tuple[int, int, bytes]]) -> None:
     """Write (and empty) the held-back new leaves and tile hashes, none stored yet (checked)."""
     if leaves:
-        tx.executemany(APPEND, leaves)
+        tx.executemany(APPEND_NEW, leaves)
         leaves.clear()
     if nodes:
         tx.executemany("INSERT INTO audit_tree_nodes VALUES (?, ?, ?) ON CONFLICT DO NOTHING", nodes)

@@ -19,6 +19,9 @@ from domain.model.ports import Tx
 from projections.base import Projection
 
 POSTING_SQL = "INSERT INTO ledger_postings VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+#: A batch's held postings when none can conflict (see ``Balances._postings``): no conflict
+#: clause, so a long run goes by COPY (``projections.coalesce``).
+POSTING_NEW_SQL = "INSERT INTO ledger_postings VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 BALANCE_SQL = ("INSERT INTO ledger_balances VALUES (?, ?, ?) ON CONFLICT (account, currency) DO UPDATE"
                " SET balance_minor = ledger_balances.balance_minor + excluded.balance_minor")
 SPENT_SQL = "UPDATE money_channels SET spent_minor = spent_minor + ?, fee_minor = fee_minor + ? WHERE channel_id = ?"
@@ -141,13 +144,24 @@ class Balances(Projection):
         if held is None or held.tx is not tx:
             return
         if held.postings:
-            tx.executemany(POSTING_SQL, held.postings)
+            tx.executemany(self._postings(tx, held.postings), held.postings)
         if held.balances:
             tx.executemany(BALANCE_SQL, [(*key, amount) for key, amount in held.balances.items()])
         if held.spent:
             tx.executemany(SPENT_SQL, [(amount, fee, channel_id) for channel_id, (amount, fee) in held.spent.items()])
         if held.earnings:
             tx.executemany(EARNINGS_SQL, [(*key, *sums) for key, sums in held.earnings.items()])
+
+    @staticmethod
+    def _postings(tx: Tx, rows: list[tuple[Any, ...]]) -> str:
+        """The statement for a batch's postings: without ON CONFLICT when its keys (position,
+        seq) are distinct and no stored posting is at or after its first position (so DO NOTHING
+        could skip none), else the one that skips conflicts as the per-event path does."""
+        first = min(r[0] for r in rows)
+        if len({(r[0], r[1]) for r in rows}) != len(rows) or tx.fetchone(
+                "SELECT 1 AS found FROM ledger_postings WHERE position >= ? LIMIT 1", (first,)):
+            return POSTING_SQL
+        return POSTING_NEW_SQL
 
     def _channel(self, tx: Tx, channel_id: str, sql_set: str, params: tuple[Any, ...]) -> None:
         tx.execute(f"UPDATE money_channels SET {sql_set} WHERE channel_id = ?", (*params, channel_id))  # noqa: S608
