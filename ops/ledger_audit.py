@@ -52,7 +52,7 @@ class LedgerAudit:
         if self._due is not None and self._due[1] != channel_id:
             self._check_due()
         if channel_id is not None:
-            postings = self._channel_event(position, event)
+            postings = self._channel_event(position, channel_id, event)
         elif isinstance(event, SellerPayouts.Event):
             postings = self._payout_event(event)
         else:
@@ -67,8 +67,7 @@ class LedgerAudit:
             if self.tracked_position is not None and position <= self.tracked_position:
                 self.projected[(p.account, p.currency)] += p.amount_minor
 
-    def _channel_event(self, position: int, event: Any) -> list[Posting]:
-        channel_id = str(event.originator_id)
+    def _channel_event(self, position: int, channel_id: str, event: Any) -> list[Posting]:
         before = self.channels.get(channel_id)
         if isinstance(event, Channel.Debited) and before is not None:
             self._check_fee(position, before, event)
