@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+from ops.bench.audit_stages import raw_ed25519, stage_costs
 from ops.bench.common import (
     add_common_args,
     bench_schema,
@@ -181,20 +182,6 @@ def write_log(market: Any, events: int) -> tuple[int, list[tuple[bytes, bytes, b
     return writer.written + 1, writer.signatures, time.perf_counter() - started
 
 
-def raw_ed25519(sample: list[tuple[bytes, bytes, bytes]], count: int) -> dict[str, float]:
-    """PyNaCl verifications on one core: ``count`` verifications cycling over ``sample``, per
-    second of wall time and per second of CPU."""
-    import nacl.signing
-
-    keys = {raw: nacl.signing.VerifyKey(raw) for raw, _m, _s in sample}
-    started, cpu = time.perf_counter(), time.process_time()
-    for i in range(count):
-        raw, message, signature = sample[i % len(sample)]
-        keys[raw].verify(message, signature)
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"per_s": round(count / wall), "per_cpu_s": round(count / cpu) if cpu else 0}
-
-
 def timed_verify(runtime: Any, workers: int) -> dict[str, Any]:
     """One full verify; wall time, and CPU of this process and of the pool's (reaped) workers."""
     import resource
@@ -239,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
             emit({"log": {"events": written, "written_in_s": round(gen_s, 1), "loadavg": loadavg()}})
             gate = wait_for_quiet(args.quiet_load, args.quiet_wait_s)
             if args.stages:
-                from ops.bench.audit_stages import stage_costs
-
                 emit({"stages": stage_costs(runtime.market, sample)})
             rows = []
             for r in range(args.rounds):
