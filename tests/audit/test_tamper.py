@@ -179,6 +179,9 @@ def test_every_edit_is_detected_with_its_position_also_after_replay(pg_runtime, 
     assert any(f"position {position}" in p for p in report["problems"][:3]), report["problems"]
     head_problems = [p for p in report["problems"] if "signed tree head of size" in p]
     assert head_problems and ("no longer gives its root" in head_problems[0] or "holds only" in head_problems[0])
+    pooled = verify_log(pg_runtime.market, pg_runtime.views, workers=2, pool_after_jobs=0)  # the same answer
+    assert pooled["signatures"]["pooled"] or not pooled["signatures"]["verified_jobs"]
+    assert (pooled["tree"], pooled["problems"]) == (report["tree"], report["problems"])
 
     replay(pg_runtime)
     after = verify_log(pg_runtime.market, pg_runtime.views)
