@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from domain.model.audit_entry import entry_leaf_hash, entry_of
+from domain.model.audit_entry import stored_leaf_hash
 from domain.model.errors import TreeInconsistent
 from domain.model.merkle import EMPTY_ROOT, CompactRange, consistency_proof, inclusion_proof, range_hash
 from domain.model.ports import Tx, ViewDB
@@ -78,9 +78,8 @@ class AuditTree(Projection):
         if self._tx is not tx:  # a new transaction: read the size once, then keep it (write-through)
             self._tx, self._size, self._held = tx, tree_size(tx), []
         index = self._size
-        entry = entry_of(position, event.originator_id, event.originator_version, event.topic, event.state)
-        leaf = entry_leaf_hash(entry)
-        row = (index, position, leaf, entry["originator_id"], _actor(event.state))
+        leaf = stored_leaf_hash(position, event.originator_id, event.originator_version, event.topic, event.state)
+        row = (index, position, leaf, str(event.originator_id), _actor(event.state))
         if self.buffered:  # checked and written with the batch's others in flush
             self._held.append(row)
             self._size = index + 1

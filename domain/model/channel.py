@@ -539,6 +539,7 @@ class Channel(MarketAggregate):
     def _card_refund_resolved(self, meta: dict, payment_intent_id: str, amount_minor: int, reference: str) -> None:
         self.card_refunds[payment_intent_id] = {**self.card_refunds[payment_intent_id], "status": "resolved",
                                                 "reason": reference}
+
     # -- invariants and views -----------------------------------------------------------------
     def check_invariants(self) -> None:
         """Assert the money rules (``channel_rules.check_invariants``); a failure is a bug."""
